@@ -1,0 +1,55 @@
+# RoadWatch: `make up` runs the whole system natively, `make test` runs every test.
+SHELL := /bin/bash
+VENV := .venv/bin
+export ROADWATCH_DEMO ?= 1
+
+.PHONY: help up down status reset logs test test-unit test-integration test-e2e lint bench bootstrap
+
+help:
+	@echo "make up       install what is missing, start everything, print the URL"
+	@echo "make down     stop everything make up started (data is kept)"
+	@echo "make status   show each part of the running system"
+	@echo "make logs     follow every log"
+	@echo "make reset    stop and delete all local state (.run/)"
+	@echo "make test     every test (unit, integration, end to end) on real servers"
+	@echo "make lint     ruff and mypy"
+	@echo "make bench    performance benchmarks"
+
+bootstrap:
+	@deploy/native/bootstrap.sh
+
+up: bootstrap
+	@$(VENV)/roadwatch up
+
+down:
+	@$(VENV)/roadwatch down
+
+status:
+	@$(VENV)/roadwatch status
+
+reset:
+	@$(VENV)/roadwatch reset
+
+logs:
+	@tail -n 20 -F .run/logs/*.log
+
+test:
+	@deploy/native/bootstrap.sh --test
+	@$(VENV)/pytest -q tests
+
+test-unit:
+	@$(VENV)/pytest -q tests/unit
+
+test-integration:
+	@$(VENV)/pytest -q tests/integration
+
+test-e2e:
+	@$(VENV)/pytest -q tests/e2e
+
+lint:
+	@$(VENV)/ruff check .
+	@$(VENV)/ruff format --check .
+	@$(VENV)/mypy
+
+bench:
+	@$(VENV)/python -m bench

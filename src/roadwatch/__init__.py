@@ -1,0 +1,3 @@
+"""RoadWatch: road events from connected vehicles."""
+
+__version__ = "0.1.0"

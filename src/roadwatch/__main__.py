@@ -1,0 +1,7 @@
+"""`python -m roadwatch` runs the command line."""
+
+import sys
+
+from roadwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,202 @@
+"""`roadwatch`: one command line for every service and for running the whole system."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from roadwatch import __version__
+
+if TYPE_CHECKING:
+    from roadwatch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # slixmpp logs every stanza at DEBUG and some routine events at WARNING.
+    logging.getLogger("slixmpp").setLevel(max(logging.getLogger().level, logging.ERROR))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from roadwatch.settings import load_settings  # noqa: PLC0415
+
+    overrides: dict[str, object] = {}
+    if getattr(args, "no_demo", False):
+        overrides["demo"] = False
+    settings = load_settings(**overrides)
+    if not settings.run_dir.is_absolute():
+        settings = settings.model_copy(update={"run_dir": _repo_root() / settings.run_dir})
+    return settings
+
+
+def _repo_root() -> Path:
+    from roadwatch.runner.templates import repo_dir  # noqa: PLC0415
+
+    try:
+        return repo_dir()
+    except Exception:  # installed without the repository: state goes next to the caller
+        return Path.cwd()
+
+
+def _cmd_service(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.command == "gateway":
+        from roadwatch.services import gateway  # noqa: PLC0415
+
+        gateway.main(settings)
+    elif args.command == "collector":
+        from roadwatch.services import collector  # noqa: PLC0415
+
+        collector.main(settings)
+    elif args.command == "api":
+        from roadwatch.services.api import app  # noqa: PLC0415
+
+        app.main(settings)
+    elif args.command == "simulate":
+        from roadwatch.services import simulator  # noqa: PLC0415
+
+        simulator.main(
+            settings,
+            vehicles=args.vehicles,
+            seed=args.seed,
+            duration_s=args.duration,
+            speedup=args.speedup,
+        )
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from roadwatch.adapters.mysql.connection import connect  # noqa: PLC0415
+    from roadwatch.adapters.mysql.migrate import apply_migrations  # noqa: PLC0415
+
+    settings = _settings(args)
+    connection = connect(settings)
+    try:
+        applied = apply_migrations(connection)
+    finally:
+        connection.close()
+    log.info("migrations applied: %s", ", ".join(applied) or "none (up to date)")
+    return 0
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from roadwatch.runner import stack  # noqa: PLC0415
+    from roadwatch.runner.envfile import ensure_env_file  # noqa: PLC0415
+    from roadwatch.runner.process import RunnerError  # noqa: PLC0415
+
+    console = stack.Console()
+    if args.command == "up":
+        added = ensure_env_file(_repo_root() / ".env")
+        if added:
+            console.line(f"generated {len(added)} secrets into .env")
+    settings = _settings(args)
+    try:
+        if args.command == "up":
+            stack.up(settings, console)
+        elif args.command == "down":
+            stack.down(settings, console)
+        elif args.command == "status":
+            return 0 if stack.status(settings, console) else 1
+        elif args.command == "reset":
+            stack.reset(settings, console)
+    except RunnerError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+def _cmd_accounts(args: argparse.Namespace) -> int:
+    from roadwatch.runner.mosquitto import Mosquitto  # noqa: PLC0415
+    from roadwatch.runner.process import RunLayout  # noqa: PLC0415
+
+    settings = _settings(args)
+    name = args.id
+    if not STATION_ID.fullmatch(name):
+        log.error("an account name is 1 to 64 characters of A-Z a-z 0-9 _ - (SPEC §2)")
+        return 2
+    if name in (settings.mqtt_gateway_user, settings.mqtt_fleet_user):
+        log.error("%s is reserved for a RoadWatch service", name)
+        return 2
+    password = secrets.token_urlsafe(18)
+    broker = Mosquitto(settings, RunLayout(settings.run_dir))
+    broker.set_password(name, password)
+    broker.reload()
+    topic = f"vehicles/{name}/#" if args.kind == "vehicle" else f"owntracks/{name}/#"
+    sys.stdout.write(f"{args.kind} account {name} may publish to {topic}\npassword: {password}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roadwatch",
+        description="RoadWatch: road events from connected vehicles.",
+    )
+    parser.add_argument("--version", action="version", version=f"roadwatch {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, text in (
+        ("gateway", "subscribe to vehicles over MQTT, detect events, send them over XMPP"),
+        ("collector", "store events from XMPP in MySQL and publish them to PubSub"),
+        ("api", "serve the REST API"),
+    ):
+        sub.add_parser(name, help=text).set_defaults(handler=_cmd_service)
+
+    simulate = sub.add_parser("simulate", help="drive simulated vehicles (a small demo)")
+    simulate.add_argument("--vehicles", type=int, default=40, help="number of vehicles")
+    simulate.add_argument("--seed", type=int, default=1, help="random seed (same seed, same run)")
+    simulate.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    simulate.add_argument("--speedup", type=float, default=1.0, help="simulated seconds per second")
+    simulate.set_defaults(handler=_cmd_service)
+
+    sub.add_parser("migrate", help="apply the database migrations").set_defaults(
+        handler=_cmd_migrate
+    )
+
+    for name, text in (
+        ("up", "start the whole system natively and print its URL"),
+        ("down", "stop everything `up` started"),
+        ("status", "show each part of the running system"),
+        ("reset", "stop everything and delete all local state"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.set_defaults(handler=_cmd_stack)
+        if name == "up":
+            cmd.add_argument("--no-demo", action="store_true", help="do not start the simulator")
+
+    accounts = sub.add_parser("accounts", help="manage MQTT accounts")
+    accounts_sub = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = accounts_sub.add_parser("add", help="create an account and print its password")
+    add.add_argument("kind", choices=("vehicle", "owntracks"))
+    add.add_argument("id", help="the stationId (vehicle) or OwnTracks user name")
+    add.set_defaults(handler=_cmd_accounts)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `roadwatch` command line."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The pure core: wire values, events and detection rules. Nothing here does I/O."""

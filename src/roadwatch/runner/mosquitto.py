@@ -1,0 +1,104 @@
+"""Mosquitto for the native runner: rendered config and ACL, password file, process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import signal
+from pathlib import Path
+
+from roadwatch.runner.process import (
+    RunLayout,
+    RunnerError,
+    port_open,
+    read_pid,
+    run_checked,
+    start_process,
+    stop_process,
+    wait_until,
+)
+from roadwatch.runner.templates import deploy_dir, render_file
+from roadwatch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Mosquitto drops root privileges to this account, so its files must belong to it.
+MOSQUITTO_USER = "mosquitto"
+
+
+class Mosquitto:
+    """The MQTT broker of SPEC §2, authenticated, with the per-vehicle ACL."""
+
+    name = "mosquitto"
+
+    def __init__(self, settings: Settings, layout: RunLayout) -> None:
+        self.settings = settings
+        self.layout = layout
+
+    @property
+    def folder(self) -> Path:
+        return self.layout.data("mosquitto")
+
+    @property
+    def passwd_file(self) -> Path:
+        return self.folder / "passwd"
+
+    def environment(self) -> dict[str, str]:
+        env = self.settings.as_environment()
+        env["ROADWATCH_MOSQUITTO_DIR"] = str(self.folder)
+        return env
+
+    def prepare(self) -> Path:
+        """Render the config and ACL and make sure the service accounts exist."""
+        env = self.environment()
+        conf = render_file(deploy_dir() / "mosquitto" / "mosquitto.conf", self.folder / "mosquitto.conf", env)
+        render_file(deploy_dir() / "mosquitto" / "acl", self.folder / "acl", env, mode=0o640)
+        self.set_password(self.settings.mqtt_gateway_user, self.settings.mqtt_gateway_password.get_secret_value())
+        self.set_password(self.settings.mqtt_fleet_user, self.settings.mqtt_fleet_password.get_secret_value())
+        self._give_to_broker()
+        return conf
+
+    def set_password(self, user: str, password: str) -> None:
+        """Create or update one account in the password file (hashed by mosquitto_passwd)."""
+        if not password:
+            raise RunnerError(f"no MQTT password for {user}: run `make up` to generate .env")
+        argv = ["mosquitto_passwd", "-b", str(self.passwd_file), user, password]
+        if not self.passwd_file.exists():
+            argv.insert(1, "-c")
+        run_checked(argv, f"mosquitto_passwd for {user}")
+        self._give_to_broker()
+
+    def reload(self) -> None:
+        """Make the running broker re-read its password file and ACL."""
+        pid = read_pid(self.layout.pidfile(self.name))
+        if pid is not None:
+            os.kill(pid, signal.SIGHUP)
+
+    def start(self) -> None:
+        conf = self.prepare()
+        if self.healthy():
+            self.reload()
+            return
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        start_process(self.layout, self.name, [mosquitto, "-c", str(conf)])
+        wait_until(self.healthy, "mosquitto", 15, self.layout.logfile(self.name))
+        log.info("mosquitto listening on %s:%d", self.settings.mqtt_host, self.settings.mqtt_port)
+
+    def stop(self) -> None:
+        stop_process(self.layout, self.name)
+
+    def healthy(self) -> bool:
+        running = read_pid(self.layout.pidfile(self.name)) is not None
+        return running and port_open(self.settings.mqtt_host, self.settings.mqtt_port)
+
+    def _give_to_broker(self) -> None:
+        try:
+            account = pwd.getpwnam(MOSQUITTO_USER)
+        except KeyError:
+            return  # not running as a privileged user: the broker keeps our uid
+        if os.geteuid() != 0:
+            return
+        for path in (self.folder, *self.folder.iterdir()):
+            os.chown(path, account.pw_uid, account.pw_gid)

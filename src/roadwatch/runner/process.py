@@ -1,0 +1,187 @@
+"""Background processes for the native runner and the test harness: pidfiles, logs, readiness."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 10.0
+
+
+class RunnerError(RuntimeError):
+    """A server could not be prepared, started or stopped."""
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where one running system keeps its state: every path lives under `root`."""
+
+    root: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids"
+
+    def data(self, server: str) -> Path:
+        """The data folder of one server (created on demand)."""
+        path = self.root / server
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def pidfile(self, name: str) -> Path:
+        return self.pids / f"{name}.pid"
+
+    def logfile(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def ensure(self) -> None:
+        for path in (self.root, self.logs, self.pids):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def read_pid(pidfile: Path) -> int | None:
+    """Return the pid in `pidfile` if that process is alive, else None."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    # A zombie child of ours counts as dead.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+    return pid
+
+
+def start_process(
+    layout: RunLayout,
+    name: str,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Start `argv` detached in its own session, logging to logs/NAME.log; return its pid.
+
+    Does nothing and returns the existing pid when NAME is already running (idempotent up).
+    """
+    layout.ensure()
+    existing = read_pid(layout.pidfile(name))
+    if existing is not None:
+        return existing
+    logfile = layout.logfile(name)
+    with logfile.open("ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    layout.pidfile(name).write_text(f"{proc.pid}\n")
+    log.debug("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
+    return proc.pid
+
+
+def stop_process(layout: RunLayout, name: str, grace_s: float = STOP_GRACE_S) -> bool:
+    """Stop NAME (its whole process group): TERM, then KILL after `grace_s`; True if it ran."""
+    pidfile = layout.pidfile(name)
+    pid = read_pid(pidfile)
+    if pid is None:
+        pidfile.unlink(missing_ok=True)
+        return False
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if read_pid(pidfile) is None:
+            break
+        _reap(pid)
+        time.sleep(0.05)
+    else:
+        log.warning("%s did not stop in %.0f s; killing it", name, grace_s)
+        _signal_group(pid, signal.SIGKILL)
+        _reap(pid)
+    pidfile.unlink(missing_ok=True)
+    return True
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
+    """Return True when a TCP connection to host:port succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(
+    check: Callable[[], bool],
+    what: str,
+    timeout_s: float = 30.0,
+    logfile: Path | None = None,
+    interval_s: float = 0.05,
+) -> None:
+    """Poll `check` until it is true; on timeout raise with the tail of `logfile`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # a probe that fails is simply not ready yet
+            log.debug("%s not ready: %s", what, exc)
+        time.sleep(interval_s)
+    tail = ""
+    if logfile is not None and logfile.exists():
+        tail = "\n" + "\n".join(logfile.read_text(errors="replace").splitlines()[-20:])
+    raise RunnerError(f"{what} not ready after {timeout_s:.0f} s{tail}")
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on the loopback interface right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run_checked(argv: Sequence[str], what: str, **kwargs: object) -> str:
+    """Run a short command; raise RunnerError with its output when it fails."""
+    result = subprocess.run(list(argv), capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    if result.returncode != 0:
+        raise RunnerError(f"{what} failed ({result.returncode}): {result.stderr or result.stdout}")
+    out: str = result.stdout
+    return out

@@ -1,0 +1,1 @@
+"""One module per RoadWatch process; each exposes `main(settings)`."""

@@ -1,0 +1,144 @@
+"""Typed settings for every RoadWatch process, read from the environment and `.env`.
+
+Precedence, lowest first: defaults < the env file (`ROADWATCH_ENV_FILE`, default `.env`) <
+the process environment < command-line options (applied by the CLI through `model_copy`).
+Both runners (native and containers) read the same variable names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from roadwatch.domain.accident import AccidentRules
+
+
+# Values that a human might leave in a copied env file; refused outside development.
+_PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password"})
+
+
+class Settings(BaseSettings):
+    """Every setting of every RoadWatch process; the env prefix is `ROADWATCH_`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ROADWATCH_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    environment: str = Field("production", description="`development` allows placeholder secrets")
+    log_level: str = "INFO"
+
+    # MQTT (SPEC §2)
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    # Address the broker listens on; 0.0.0.0 to accept vehicles from other machines.
+    mqtt_bind: str = "127.0.0.1"
+    mqtt_gateway_user: str = "roadwatch-gateway"
+    mqtt_gateway_password: SecretStr = SecretStr("")
+    mqtt_fleet_user: str = "roadwatch-fleet"
+    mqtt_fleet_password: SecretStr = SecretStr("")
+    # Broker-side queue for the gateway's persistent session; see FACTS on max_queued_messages.
+    mqtt_gateway_client_id: str = "roadwatch-gateway"
+
+    # XMPP (SPEC §5)
+    xmpp_domain: str = "roadwatch.local"
+    xmpp_host: str = "127.0.0.1"
+    xmpp_port: int = 5222
+    bosh_port: int = 5280
+    xmpp_gateway_password: SecretStr = SecretStr("")
+    xmpp_collector_password: SecretStr = SecretStr("")
+
+    # MySQL (SPEC §6)
+    mysql_host: str = "127.0.0.1"
+    mysql_port: int = 3306
+    mysql_database: str = "roadwatch"
+    mysql_user: str = "roadwatch"
+    mysql_password: SecretStr = SecretStr("")
+    prosody_db_name: str = "prosody"
+    prosody_db_user: str = "prosody"
+    prosody_db_password: SecretStr = SecretStr("")
+
+    # HTTP
+    http_port: int = 8080
+    http_bind: str = "127.0.0.1"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_token: SecretStr = SecretStr("")
+
+    # Collector batching: flush when this many events wait or this much time has passed.
+    collector_batch_size: int = 500
+    collector_flush_interval_s: float = 0.02
+
+    # Detection thresholds (SPEC §3), all overridable from the environment.
+    accident_radius_m: float = 200.0
+    accident_window_s: float = 600.0
+    accident_expiry_s: float = 1800.0
+    future_tolerance_s: float = 300.0
+
+    # Native runner
+    run_dir: Path = Path(".run")
+    demo: bool = True
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        if self.environment == "development":
+            return self
+        for name in ("mqtt_gateway_password", "xmpp_gateway_password", "mysql_password"):
+            value: SecretStr = getattr(self, name)
+            if value.get_secret_value().lower() in _PLACEHOLDER_SECRETS - {""}:
+                raise ValueError(f"ROADWATCH_{name.upper()} is a placeholder; run `make up`")
+        return self
+
+    def as_environment(self) -> dict[str, str]:
+        """Render these settings as `ROADWATCH_*` variables for a child process."""
+        env: dict[str, str] = {}
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "1" if value else "0"
+            env[f"ROADWATCH_{name.upper()}"] = str(value)
+        return env
+
+    @property
+    def gateway_jid(self) -> str:
+        return f"gateway@{self.xmpp_domain}"
+
+    @property
+    def collector_jid(self) -> str:
+        return f"collector@{self.xmpp_domain}"
+
+    @property
+    def pubsub_service(self) -> str:
+        return f"pubsub.{self.xmpp_domain}"
+
+    @property
+    def anonymous_domain(self) -> str:
+        return f"anon.{self.xmpp_domain}"
+
+    @property
+    def accident_rules(self) -> AccidentRules:
+        from roadwatch.domain.accident import AccidentRules  # noqa: PLC0415
+
+        return AccidentRules(
+            radius_m=self.accident_radius_m,
+            window_ms=round(self.accident_window_s * 1000),
+            expiry_ms=round(self.accident_expiry_s * 1000),
+        )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings now (never at import), with command-line overrides on top."""
+    env_file = os.environ.get("ROADWATCH_ENV_FILE", ".env")
+    settings = Settings(_env_file=env_file or None)  # type: ignore[call-arg]
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    return settings

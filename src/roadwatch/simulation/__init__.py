@@ -1,0 +1,1 @@
+"""Pure, seeded vehicle simulation: no I/O, driven by the simulated clock."""

@@ -1,0 +1,50 @@
+"""Session fixtures that start each real server for the tests, through the native runner."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from roadwatch.runner.apache import Apache
+from roadwatch.runner.mariadb import MariaDB
+from roadwatch.runner.mosquitto import Mosquitto
+from roadwatch.runner.process import RunLayout
+from roadwatch.runner.prosody import Prosody
+from roadwatch.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def mariadb(test_settings: Settings, layout: RunLayout) -> Iterator[MariaDB]:
+    """A real MariaDB with the roadwatch and prosody databases, migrated."""
+    server = MariaDB(test_settings, layout)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mosquitto(test_settings: Settings, layout: RunLayout) -> Iterator[Mosquitto]:
+    """A real Mosquitto with the RoadWatch password file and ACL."""
+    server = Mosquitto(test_settings, layout)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def prosody(test_settings: Settings, layout: RunLayout, mariadb: MariaDB) -> Iterator[Prosody]:
+    """A real Prosody storing in the test MariaDB, with the gateway and collector accounts."""
+    server = Prosody(test_settings, layout)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def apache(test_settings: Settings, layout: RunLayout) -> Iterator[Apache]:
+    """A real Apache serving web/ and proxying /api/ and /http-bind."""
+    server = Apache(test_settings, layout)
+    server.start()
+    yield server
+    server.stop()
