@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
 
+# Children started by this process, kept so that they are reaped (no zombies, no
+# "still running" warnings) when this process stops them; `make up` exits and leaves them.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
 
 class RunnerError(RuntimeError):
     """A server could not be prepared, started or stopped."""
@@ -99,6 +103,7 @@ def start_process(
             cwd=cwd,
             start_new_session=True,
         )
+    _children[proc.pid] = proc
     layout.pidfile(name).write_text(f"{proc.pid}\n")
     log.debug("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
     return proc.pid
@@ -121,7 +126,8 @@ def stop_process(layout: RunLayout, name: str, grace_s: float = STOP_GRACE_S) ->
     else:
         log.warning("%s did not stop in %.0f s; killing it", name, grace_s)
         _signal_group(pid, signal.SIGKILL)
-        _reap(pid)
+        time.sleep(0.05)
+    _reap(pid)
     pidfile.unlink(missing_ok=True)
     return True
 
@@ -135,6 +141,11 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _children[pid]
+        return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 

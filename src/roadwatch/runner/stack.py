@@ -94,6 +94,13 @@ def _api_ready(settings: Settings) -> Callable[[], bool]:
     return probe
 
 
+def service_probe(settings: Settings, name: str) -> Callable[[], bool]:
+    """How to tell that the service `roadwatch NAME` is ready."""
+    if name == "api":
+        return _api_ready(settings)
+    return _status_ready(settings, "simulator" if name == "simulate" else name)
+
+
 def parts(settings: Settings, layout: RunLayout, with_demo: bool | None = None) -> list[Part]:
     """Every part of the system in start order."""
     demo = settings.demo if with_demo is None else with_demo
@@ -101,14 +108,13 @@ def parts(settings: Settings, layout: RunLayout, with_demo: bool | None = None) 
         MariaDB(settings, layout),
         Mosquitto(settings, layout),
         Prosody(settings, layout),
-        PythonService("api", settings, layout, _api_ready(settings)),
-        PythonService("collector", settings, layout, _status_ready(settings, "collector")),
-        PythonService("gateway", settings, layout, _status_ready(settings, "gateway")),
+        *(
+            PythonService(name, settings, layout, service_probe(settings, name))
+            for name in ("api", "collector", "gateway")
+        ),
     ]
     if demo:
-        found.append(
-            PythonService("simulate", settings, layout, _status_ready(settings, "simulator"))
-        )
+        found.append(PythonService("simulate", settings, layout, service_probe(settings, "simulate")))
     found.append(Apache(settings, layout))
     return found
 

@@ -1,0 +1,438 @@
+"""The event store of SPEC §6: idempotent batched upserts and keyset-paginated reads."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import orjson
+import pymysql
+from pymysql.cursors import Cursor
+
+from roadwatch.adapters.mysql.connection import (
+    ConnectionSource,
+    SingleConnection,
+    StoreError,
+    StoreUnavailable,
+    is_connection_lost,
+    is_transaction_aborted,
+)
+from roadwatch.domain.events import Event, EventStatus, EventType
+from roadwatch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_ID_LEN = 64
+MAX_STATE_KEY_LEN = 64
+# Bounds the number of placeholders in one `IN (...)` list.
+_IN_CHUNK = 1000
+_EPOCH = datetime(1970, 1, 1)
+_MS = timedelta(milliseconds=1)
+# DATETIME covers years 1000 to 9999; query bounds outside are clamped rather than rejected.
+_DATETIME_MIN_MS = (datetime(1000, 1, 1) - _EPOCH) // _MS
+_DATETIME_MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000) - _EPOCH) // _MS
+
+_COLUMNS = (
+    "id, type, status, version, started_at, updated_at, ended_at, lat, lon, cause_code, "
+    "zone_id, zone_name, station_ids, details"
+)
+_E_COLUMNS = ", ".join(f"e.{name.strip()}" for name in _COLUMNS.split(","))
+
+# Placeholders only inside VALUES: PyMySQL's executemany() rewrites the batch into one
+# multi-row statement only then, and otherwise silently sends one statement per row.
+# Every column keeps its value unless the incoming version is strictly higher; `version` is
+# assigned last because MySQL evaluates these assignments left to right.
+_UPDATED = (
+    "type",
+    "status",
+    "started_at",
+    "updated_at",
+    "ended_at",
+    "lat",
+    "lon",
+    "cause_code",
+    "zone_id",
+    "zone_name",
+    "station_count",
+    "station_ids",
+    "details",
+)
+_INSERT_EVENTS = (
+    "INSERT INTO events (id, type, status, version, started_at, updated_at, ended_at, lat, lon, "
+    "cause_code, zone_id, zone_name, station_count, station_ids, details) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON DUPLICATE KEY UPDATE "
+    + ", ".join(f"{c} = IF(VALUES(version) > version, VALUES({c}), {c})" for c in _UPDATED)
+    + ", version = GREATEST(version, VALUES(version))"
+)
+_INSERT_STATIONS = (
+    "INSERT INTO event_stations (event_id, station_id, started_at) VALUES (%s, %s, %s)"
+)
+_UPSERT_STATE = (
+    "INSERT INTO collector_state (state_key, value) VALUES (%s, %s) "
+    "ON DUPLICATE KEY UPDATE value = VALUES(value)"
+)
+
+
+class InvalidCursor(StoreError, ValueError):
+    """A pagination cursor that this store did not issue."""
+
+
+BBox = tuple[float, float, float, float]
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    """Convert epoch milliseconds to the naive UTC datetime stored in DATETIME(3)."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def datetime_to_ms(moment: datetime) -> int:
+    """Convert a naive UTC datetime read from DATETIME(3) to epoch milliseconds."""
+    return (moment - _EPOCH) // _MS
+
+
+def encode_cursor(started_ms: int, event_id: str) -> str:
+    """Return the opaque cursor that resumes a listing after this event."""
+    raw = orjson.dumps([started_ms, event_id])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Return (started_ms, id) from a cursor made by `encode_cursor`."""
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        data = orjson.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidCursor("cursor is not one this API issued") from exc
+    if (
+        not isinstance(data, list)
+        or len(data) != 2
+        or isinstance(data[0], bool)
+        or not isinstance(data[0], int)
+        or not isinstance(data[1], str)
+        or not 0 < len(data[1]) <= MAX_ID_LEN
+    ):
+        raise InvalidCursor("cursor is not one this API issued")
+    return data[0], data[1]
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join(["%s"] * count)
+
+
+def _clamp_ms(ms: int) -> int:
+    return min(max(ms, _DATETIME_MIN_MS), _DATETIME_MAX_MS)
+
+
+def _json(value: object, what: str) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError as exc:
+        raise StoreError(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def _event_row(event: Event, stations: Sequence[str]) -> tuple[Any, ...]:
+    return (
+        event.id,
+        event.type.value,
+        event.status.value,
+        event.version,
+        ms_to_datetime(event.started_ms),
+        ms_to_datetime(event.updated_ms),
+        None if event.ended_ms is None else ms_to_datetime(event.ended_ms),
+        event.lat,
+        event.lon,
+        event.cause_code,
+        event.zone_id,
+        event.zone_name,
+        len(stations),
+        _json(list(stations), f"station_ids of event {event.id}"),
+        _json(event.details, f"details of event {event.id}"),
+    )
+
+
+def _event_from_row(row: Sequence[Any]) -> Event:
+    (ident, kind, status, version, started, updated, ended, lat, lon, cause, zone_id, zone_name,
+     stations, details) = row  # fmt: skip
+    return Event(
+        id=ident,
+        type=EventType(kind),
+        status=EventStatus(status),
+        version=int(version),
+        started_ms=datetime_to_ms(started),
+        updated_ms=datetime_to_ms(updated),
+        ended_ms=None if ended is None else datetime_to_ms(ended),
+        lat=float(lat),
+        lon=float(lon),
+        cause_code=None if cause is None else int(cause),
+        station_ids=tuple(orjson.loads(stations)),
+        zone_id=zone_id,
+        zone_name=zone_name,
+        details=orjson.loads(details),
+    )
+
+
+class EventStore:
+    """Events in MySQL, one row per id at its highest version, over a connection source.
+
+    Every method is one unit of work: it commits (ending any read snapshot) before returning.
+    A session lost in the middle is reopened and the work run once more, which is safe because
+    every write here is idempotent.
+    """
+
+    def __init__(self, source: ConnectionSource) -> None:
+        self._source = source
+
+    @classmethod
+    def connect(cls, settings: Settings) -> EventStore:
+        """Return a store over one long-lived session (opened on first use)."""
+        return cls(SingleConnection(settings))
+
+    def close(self) -> None:
+        """Close the connections of this store."""
+        self._source.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def upsert(
+        self, events: Sequence[Event], *, state: Mapping[str, str] | None = None
+    ) -> list[Event]:
+        """Store a batch in one transaction; return the events that were inserted or replaced.
+
+        A row is replaced only by a strictly higher version, so replays and late older versions
+        change nothing, and the station rows follow the winning version. `state` entries (such
+        as the collector's archive position) are committed in the same transaction.
+        """
+        latest: dict[str, Event] = {}
+        for event in events:
+            held = latest.get(event.id)
+            if held is None or event.version > held.version:
+                latest[event.id] = event
+        if state:
+            for key in state:
+                _check_state_key(key)
+        if not latest and not state:
+            return []
+        # Sorted ids lock rows in one global order, which keeps concurrent writers from
+        # deadlocking each other.
+        batch = [latest[ident] for ident in sorted(latest)]
+        stations = {event.id: tuple(dict.fromkeys(event.station_ids)) for event in batch}
+        rows = {event.id: _event_row(event, stations[event.id]) for event in batch}
+
+        def work(cur: Cursor) -> list[Event]:
+            stored: dict[str, int] = {}
+            for chunk in _chunks([event.id for event in batch], _IN_CHUNK):
+                cur.execute(
+                    f"SELECT id, version FROM events WHERE id IN ({_placeholders(len(chunk))}) "
+                    "FOR UPDATE",
+                    chunk,
+                )
+                stored.update((ident, int(version)) for ident, version in cur.fetchall())
+            winners = [event for event in batch if event.version > stored.get(event.id, 0)]
+            if winners:
+                cur.executemany(_INSERT_EVENTS, [rows[event.id] for event in winners])
+                replaced = [event.id for event in winners if event.id in stored]
+                for chunk in _chunks(replaced, _IN_CHUNK):
+                    cur.execute(
+                        "DELETE FROM event_stations "
+                        f"WHERE event_id IN ({_placeholders(len(chunk))})",
+                        chunk,
+                    )
+                station_rows = [
+                    (event.id, station, rows[event.id][4])
+                    for event in winners
+                    for station in stations[event.id]
+                ]
+                if station_rows:
+                    cur.executemany(_INSERT_STATIONS, station_rows)
+            if state:
+                cur.executemany(_UPSERT_STATE, list(state.items()))
+            return winners
+
+        return self._run(work, "upsert", write=True)
+
+    def set_state(self, key: str, value: str) -> None:
+        """Store one state value under `key` (replacing any previous one)."""
+        _check_state_key(key)
+
+        def work(cur: Cursor) -> None:
+            cur.execute(_UPSERT_STATE, (key, value))
+
+        self._run(work, "set_state", write=True)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def get_state(self, key: str) -> str | None:
+        """Return the state value stored under `key`, or None."""
+        _check_state_key(key)
+
+        def work(cur: Cursor) -> str | None:
+            cur.execute("SELECT value FROM collector_state WHERE state_key = %s", (key,))
+            row = cur.fetchone()
+            return None if row is None else str(row[0])
+
+        return self._run(work, "get_state", write=False)
+
+    def get_event(self, event_id: str) -> Event | None:
+        """Return the latest stored version of one event, or None."""
+        if not 0 < len(event_id) <= MAX_ID_LEN:
+            return None
+
+        def work(cur: Cursor) -> Event | None:
+            cur.execute(f"SELECT {_COLUMNS} FROM events WHERE id = %s", (event_id,))
+            row = cur.fetchone()
+            return None if row is None else _event_from_row(row)
+
+        return self._run(work, "get_event", write=False)
+
+    def list_events(
+        self,
+        *,
+        types: Collection[EventType] | None = None,
+        status: EventStatus | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        station: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        zone: str | None = None,
+        bbox: BBox | None = None,
+    ) -> tuple[list[Event], str | None]:
+        """Return one page of events, newest start first, and the cursor of the next page.
+
+        `since_ms` (inclusive) and `until_ms` (exclusive) bound the start time; `bbox` is
+        (min_lon, min_lat, max_lon, max_lat) and may cross the antimeridian (min_lon > max_lon).
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        after = None if cursor is None else decode_cursor(cursor)
+        if station is not None:
+            # Driven by the station index, which yields that station's events in time order.
+            source = "event_stations s STRAIGHT_JOIN events e ON e.id = s.event_id"
+            time_col, id_col = "s.started_at", "s.event_id"
+            where = ["s.station_id = %s"]
+            params: list[Any] = [station]
+        else:
+            source = "events e"
+            time_col, id_col = "e.started_at", "e.id"
+            where, params = [], []
+        if since_ms is not None:
+            where.append(f"{time_col} >= %s")
+            params.append(ms_to_datetime(_clamp_ms(since_ms)))
+        if until_ms is not None:
+            where.append(f"{time_col} < %s")
+            params.append(ms_to_datetime(_clamp_ms(until_ms)))
+        if after is not None:
+            # Spelled out rather than as a row comparison so that MariaDB can use a range scan.
+            after_time = ms_to_datetime(_clamp_ms(after[0]))
+            where.append(f"({time_col} < %s OR ({time_col} = %s AND {id_col} < %s))")
+            params.extend((after_time, after_time, after[1]))
+        _event_filters(where, params, types=types, status=status, zone=zone, bbox=bbox)
+        sql = f"SELECT {_E_COLUMNS} FROM {source}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {time_col} DESC, {id_col} DESC LIMIT %s"
+        # One row more than asked tells whether a next page exists.
+        params.append(limit + 1)
+
+        def work(cur: Cursor) -> list[Event]:
+            cur.execute(sql, params)
+            return [_event_from_row(row) for row in cur.fetchall()]
+
+        found = self._run(work, "list_events", write=False)
+        if len(found) <= limit:
+            return found, None
+        page = found[:limit]
+        return page, encode_cursor(page[-1].started_ms, page[-1].id)
+
+    def ping(self) -> None:
+        """Check that the database answers; raise StoreUnavailable if not."""
+
+        def work(cur: Cursor) -> None:
+            cur.execute("SELECT 1")
+            cur.fetchall()
+
+        self._run(work, "ping", write=False)
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _run(self, work: Callable[[Cursor], T], what: str, *, write: bool) -> T:
+        """Run `work` as one transaction, retrying once on a fresh session if it was lost."""
+        for attempt in (1, 2):
+            try:
+                with self._source.connection() as conn:
+                    if write and conn.get_autocommit():
+                        conn.begin()
+                    with conn.cursor() as cur:
+                        result = work(cur)
+                    if write or not conn.get_autocommit():
+                        conn.commit()
+                    return result
+            except (pymysql.err.MySQLError, OSError) as exc:
+                lost = is_connection_lost(exc)
+                if attempt == 1 and (lost or is_transaction_aborted(exc)):
+                    log.warning("%s: retrying once after %s", what, exc)
+                    continue
+                if lost:
+                    raise StoreUnavailable(f"{what}: database unavailable: {exc}") from exc
+                raise StoreError(f"{what} failed: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _event_filters(
+    where: list[str],
+    params: list[Any],
+    *,
+    types: Collection[EventType] | None,
+    status: EventStatus | None,
+    zone: str | None,
+    bbox: BBox | None,
+) -> None:
+    """Append the conditions on the events table (alias `e`) to `where` and `params`."""
+    if types:
+        kinds = sorted({EventType(kind).value for kind in types})
+        where.append(f"e.type IN ({_placeholders(len(kinds))})")
+        params.extend(kinds)
+    if status is not None:
+        where.append("e.status = %s")
+        params.append(EventStatus(status).value)
+    if zone is not None:
+        where.append("e.zone_id = %s")
+        params.append(zone)
+    if bbox is not None:
+        min_lon, min_lat, max_lon, max_lat = bbox
+        where.append("e.lat BETWEEN %s AND %s")
+        params.extend((min_lat, max_lat))
+        if min_lon <= max_lon:
+            where.append("e.lon BETWEEN %s AND %s")
+        else:
+            where.append("(e.lon >= %s OR e.lon <= %s)")
+        params.extend((min_lon, max_lon))
+
+
+def _check_state_key(key: str) -> None:
+    if not key or len(key) > MAX_STATE_KEY_LEN or not key.isascii():
+        raise ValueError(f"state key must be 1 to {MAX_STATE_KEY_LEN} ASCII characters")
