@@ -102,10 +102,12 @@ class Settings(BaseSettings):
         env: dict[str, str] = {}
         for name, value in self:
             if isinstance(value, SecretStr):
-                value = value.get_secret_value()
+                text = value.get_secret_value()
             elif isinstance(value, bool):
-                value = "1" if value else "0"
-            env[f"ROADWATCH_{name.upper()}"] = str(value)
+                text = "1" if value else "0"
+            else:
+                text = str(value)
+            env[f"ROADWATCH_{name.upper()}"] = text
         return env
 
     @property

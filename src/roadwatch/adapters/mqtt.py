@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class _Connection:
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Connect and start the network thread; raise when the first connection fails."""
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if self._persistent:
             properties.SessionExpiryInterval = SESSION_EXPIRY_S
         try:
@@ -180,7 +180,7 @@ class MqttSubscriber(_Connection):
             log.error("MQTT subscribe failed: %s", result)
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
-        self._handler(message.topic, message.payload)
+        self._handler(message.topic, bytes(message.payload))
 
 
 class MqttPublisher(_Connection):

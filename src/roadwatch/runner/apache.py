@@ -34,7 +34,11 @@ class Apache:
 
     @property
     def url(self) -> str:
-        host = "localhost" if self.settings.http_bind in ("0.0.0.0", "127.0.0.1") else self.settings.http_bind
+        host = (
+            "localhost"
+            if self.settings.http_bind in ("0.0.0.0", "127.0.0.1")
+            else self.settings.http_bind
+        )
         return f"http://{host}:{self.settings.http_port}/"
 
     def environment(self) -> dict[str, str]:
@@ -43,7 +47,9 @@ class Apache:
         env.update(s.as_environment())
         env.update(
             ROADWATCH_APACHE_DIR=str(self.layout.data("apache")),
-            ROADWATCH_APACHE_USER=APACHE_USER if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
+            ROADWATCH_APACHE_USER=APACHE_USER
+            if os.geteuid() == 0
+            else os.environ.get("USER", "nobody"),
             ROADWATCH_WEB_ROOT=str(repo_dir() / "web"),
             ROADWATCH_API_UPSTREAM=f"http://{s.api_host}:{s.api_port}",
             ROADWATCH_BOSH_UPSTREAM=f"http://{s.xmpp_host}:{s.bosh_port}",

@@ -53,10 +53,16 @@ class Mosquitto:
     def prepare(self) -> Path:
         """Render the config and ACL and make sure the service accounts exist."""
         env = self.environment()
-        conf = render_file(deploy_dir() / "mosquitto" / "mosquitto.conf", self.folder / "mosquitto.conf", env)
+        conf = render_file(
+            deploy_dir() / "mosquitto" / "mosquitto.conf", self.folder / "mosquitto.conf", env
+        )
         render_file(deploy_dir() / "mosquitto" / "acl", self.folder / "acl", env, mode=0o640)
-        self.set_password(self.settings.mqtt_gateway_user, self.settings.mqtt_gateway_password.get_secret_value())
-        self.set_password(self.settings.mqtt_fleet_user, self.settings.mqtt_fleet_password.get_secret_value())
+        self.set_password(
+            self.settings.mqtt_gateway_user, self.settings.mqtt_gateway_password.get_secret_value()
+        )
+        self.set_password(
+            self.settings.mqtt_fleet_user, self.settings.mqtt_fleet_password.get_secret_value()
+        )
         self._give_to_broker()
         return conf
 

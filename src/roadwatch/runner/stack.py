@@ -114,7 +114,9 @@ def parts(settings: Settings, layout: RunLayout, with_demo: bool | None = None) 
         ),
     ]
     if demo:
-        found.append(PythonService("simulate", settings, layout, service_probe(settings, "simulate")))
+        found.append(
+            PythonService("simulate", settings, layout, service_probe(settings, "simulate"))
+        )
     found.append(Apache(settings, layout))
     return found
 

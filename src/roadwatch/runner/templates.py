@@ -40,7 +40,9 @@ def render(text: str, variables: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(value, text)
 
 
-def render_file(source: Path, target: Path, variables: Mapping[str, str], mode: int = 0o644) -> Path:
+def render_file(
+    source: Path, target: Path, variables: Mapping[str, str], mode: int = 0o644
+) -> Path:
     """Render `source` into `target` (written only when it changes)."""
     text = render(source.read_text(), variables)
     if not target.exists() or target.read_text() != text:

@@ -99,22 +99,26 @@ class DemoTraffic:
     def _accident(self) -> list[Publication]:
         """Two vehicles report an accident a few metres apart (SPEC §3: two reporters)."""
         self.accidents += 1
-        first, second = self.rng.sample(self.vehicles, 2) if len(self.vehicles) > 1 else (
-            self.vehicles[0],
-            self.vehicles[0],
+        first, second = (
+            self.rng.sample(self.vehicles, 2)
+            if len(self.vehicles) > 1
+            else (
+                self.vehicles[0],
+                self.vehicles[0],
+            )
         )
         lat, lon = first.position()
         self.pending_clear.append((self.now_ms + ACCIDENT_CLEARED_AFTER_MS, lat, lon))
         return [
-            self._denm(first.station_id, first.station_type, lat, lon, 2),
-            self._denm(second.station_id, second.station_type, lat + 0.0002, lon + 0.0001, 2),
+            self._denm(first.station_id, first.station_type, lat, lon, cause=2),
+            self._denm(second.station_id, second.station_type, lat + 0.0002, lon + 0.0001, cause=2),
         ]
 
     def _clearances(self) -> list[Publication]:
         due = [item for item in self.pending_clear if item[0] <= self.now_ms]
         self.pending_clear = [item for item in self.pending_clear if item[0] > self.now_ms]
         return [
-            self._denm("demo-operator", 15, lat, lon, 2, termination="negation")
+            self._denm("demo-operator", 15, lat, lon, cause=2, termination="negation")
             for _, lat, lon in due
         ]
 
@@ -124,6 +128,7 @@ class DemoTraffic:
         station_type: int,
         lat: float,
         lon: float,
+        *,
         cause: int,
         termination: str | None = None,
     ) -> Publication:

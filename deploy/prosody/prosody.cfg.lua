@@ -1,0 +1,122 @@
+-- RoadWatch's Prosody 0.12 (SPEC §5), used unchanged by the native runner and the container.
+-- Everything that differs between the two comes from ROADWATCH_* environment variables.
+
+local function env(name, default)
+	local value = os.getenv(name)
+	if value == nil or value == "" then
+		return default
+	end
+	return value
+end
+
+local function env_number(name, default)
+	return tonumber(env(name, tostring(default))) or default
+end
+
+local domain = env("ROADWATCH_XMPP_DOMAIN", "roadwatch.local")
+local anonymous_domain = "anon." .. domain
+local pubsub_domain = "pubsub." .. domain
+-- 127.0.0.1 natively; "*" in a container, where other containers connect over the network.
+local interface = env("ROADWATCH_PROSODY_INTERFACE", "127.0.0.1")
+local data_dir = env("ROADWATCH_PROSODY_DATA_DIR", "/var/lib/prosody")
+local config_dir = CFG_CONFIGDIR or "."
+
+-- Process --------------------------------------------------------------------------------------
+
+-- Without systemd Prosody needs its own pidfile (FACTS); it always runs as the prosody user.
+pidfile = env("ROADWATCH_PROSODY_PIDFILE", data_dir .. "/prosody.pid")
+data_path = data_dir
+-- No TLS here (see c2s below); point the certificate index at a folder that exists.
+certificates = data_dir
+plugin_paths = { env("ROADWATCH_PROSODY_MODULES_DIR", config_dir .. "/modules") }
+-- The runner and the container both collect standard output as the log.
+log = {
+	{ levels = { min = env("ROADWATCH_PROSODY_LOG_LEVEL", "info") }, to = "console" },
+}
+
+-- Network --------------------------------------------------------------------------------------
+
+c2s_ports = { env_number("ROADWATCH_XMPP_PORT", 5222) }
+c2s_interfaces = { interface }
+http_ports = { env_number("ROADWATCH_BOSH_PORT", 5280) }
+http_interfaces = { interface }
+https_ports = {}
+-- No federation (SPEC §5) and no external components: open no listener for them.
+s2s_ports = {}
+component_ports = {}
+-- Nagle's algorithm adds milliseconds to every event (FACTS): send small stanzas at once.
+network_settings = { nagle = false }
+
+-- c2s runs without TLS: it listens on loopback natively and on the private compose network in a
+-- container, and browsers reach BOSH only through Apache. SCRAM needs no encryption to keep the
+-- password secret; PLAIN stays refused on this unencrypted stream.
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = false
+-- Apache terminates the browser's connection and proxies /http-bind here (FACTS).
+consider_bosh_secure = true
+http_default_host = domain
+allow_registration = false
+
+-- Modules --------------------------------------------------------------------------------------
+
+modules_enabled = {
+	"roster",
+	"saslauth",
+	"disco",
+	"ping",
+	"bosh",
+	"smacks", -- XEP-0198: the gateway's one long-lived session survives short breaks
+	"mam", -- XEP-0313: the collector catches up from its archive after a restart
+	"offline",
+}
+modules_disabled = { "s2s" }
+
+-- A crashed client's session keeps its stanzas this long before they go to offline storage
+-- (Prosody's default is 600 s); the collector also replays its archive on every login.
+smacks_hibernation_time = env_number("ROADWATCH_PROSODY_SMACKS_HIBERNATION_S", 10)
+smacks_max_queue_size = 2000
+
+-- XEP-0313: archive every message with a body; the gateway turns archiving off for its own
+-- account (MAM preferences), so only what reaches collector@ is kept.
+default_archive_policy = true
+archive_expires_after = env("ROADWATCH_PROSODY_ARCHIVE_EXPIRES", "1w")
+max_archive_query_results = 500
+
+-- Storage: users, archive, offline messages and PubSub items in MySQL (SPEC §6) -----------------
+
+storage = "sql"
+sql = {
+	driver = "MySQL",
+	host = env("ROADWATCH_MYSQL_HOST", "127.0.0.1"),
+	port = env_number("ROADWATCH_MYSQL_PORT", 3306),
+	database = env("ROADWATCH_PROSODY_DB_NAME", "prosody"),
+	username = env("ROADWATCH_PROSODY_DB_USER", "prosody"),
+	password = env("ROADWATCH_PROSODY_DB_PASSWORD", ""),
+}
+sql_manage_tables = true
+
+-- Hosts ----------------------------------------------------------------------------------------
+
+-- The service accounts gateway@ and collector@ (SPEC §5), created by the runner with prosodyctl.
+VirtualHost(domain)
+	authentication = "internal_hashed"
+
+-- Browsers log in anonymously over BOSH; nothing of theirs is worth keeping on disk.
+VirtualHost(anonymous_domain)
+	authentication = "anonymous"
+	storage = "memory"
+	modules_disabled = { "mam", "offline" }
+	-- deploy/prosody/modules: browsers may reach PubSub and each other, never gateway@ or
+	-- collector@, and their PubSub subscriptions end with their session.
+	modules_enabled = { "anonymous_fence" }
+	anonymous_fence_protected_host = domain
+	anonymous_fence_pubsub_host = pubsub_domain
+
+-- One node per kind of event (SPEC §5). The collector administers the service and so owns the
+-- nodes; every other user, anonymous ones included, gets the "open" access model's member rights:
+-- read items and subscribe, never create or publish.
+Component(pubsub_domain) "pubsub"
+	name = "RoadWatch events"
+	admins = { "collector@" .. domain }
+	-- A node's items are the current state of its events: keep enough of them.
+	pubsub_max_items = env_number("ROADWATCH_PUBSUB_MAX_ITEMS", 1000)

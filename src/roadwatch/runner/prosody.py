@@ -1,0 +1,191 @@
+"""Prosody for the native runner: data folder, process, and the gateway and collector accounts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from roadwatch.runner.process import (
+    RunLayout,
+    RunnerError,
+    port_open,
+    read_pid,
+    run_checked,
+    start_process,
+    stop_process,
+    wait_until,
+)
+from roadwatch.runner.templates import deploy_dir
+from roadwatch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Prosody refuses to run as root and half-starts when tried (FACTS): it runs as this account.
+PROSODY_USER = "prosody"
+START_TIMEOUT_S = 20.0
+PROSODYCTL_TIMEOUT_S = 30.0
+
+# The only settings the config file reads (deploy/prosody/prosody.cfg.lua); passing the others
+# would hand every secret of the system to a process that needs none of them.
+_CONFIG_VARIABLES = (
+    "ROADWATCH_XMPP_DOMAIN",
+    "ROADWATCH_XMPP_PORT",
+    "ROADWATCH_BOSH_PORT",
+    "ROADWATCH_MYSQL_HOST",
+    "ROADWATCH_MYSQL_PORT",
+    "ROADWATCH_PROSODY_DB_NAME",
+    "ROADWATCH_PROSODY_DB_USER",
+    "ROADWATCH_PROSODY_DB_PASSWORD",
+)
+# Optional knobs of the config file, passed through from our own environment when set.
+_OPTIONAL_VARIABLES = (
+    "ROADWATCH_PROSODY_LOG_LEVEL",
+    "ROADWATCH_PROSODY_MODULES_DIR",
+    "ROADWATCH_PROSODY_SMACKS_HIBERNATION_S",
+    "ROADWATCH_PROSODY_ARCHIVE_EXPIRES",
+    "ROADWATCH_PUBSUB_MAX_ITEMS",
+)
+
+
+def prosody_deploy_dir() -> Path:
+    """Return deploy/prosody (ROADWATCH_DEPLOY_DIR, else the repository's deploy/ folder)."""
+    configured = os.environ.get("ROADWATCH_DEPLOY_DIR")
+    base = Path(configured).resolve() if configured else deploy_dir()
+    folder = base / "prosody"
+    if not (folder / "prosody.cfg.lua").is_file():
+        raise RunnerError(f"no prosody.cfg.lua in {folder}")
+    return folder
+
+
+class Prosody:
+    """The XMPP server of SPEC §5: c2s, BOSH, PubSub and the archive, stored in MySQL."""
+
+    name = "prosody"
+
+    def __init__(self, settings: Settings, layout: RunLayout) -> None:
+        self.settings = settings
+        self.layout = layout
+
+    @property
+    def folder(self) -> Path:
+        return self.layout.data("prosody")
+
+    @property
+    def config_file(self) -> Path:
+        return prosody_deploy_dir() / "prosody.cfg.lua"
+
+    def environment(self) -> dict[str, str]:
+        """Return the environment the config file reads, and nothing else of ours."""
+        settings_env = self.settings.as_environment()
+        env = {name: settings_env[name] for name in _CONFIG_VARIABLES}
+        env.update({name: os.environ[name] for name in _OPTIONAL_VARIABLES if name in os.environ})
+        env["ROADWATCH_PROSODY_DATA_DIR"] = str(self.folder)
+        env["ROADWATCH_PROSODY_INTERFACE"] = os.environ.get(
+            "ROADWATCH_PROSODY_INTERFACE", "127.0.0.1"
+        )
+        env["PATH"] = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        env["LANG"] = "C.UTF-8"
+        env["HOME"] = str(self.folder)
+        return env
+
+    def start(self) -> None:
+        """Start Prosody unless it runs already, then create or update the service accounts."""
+        self._prepare_folder()
+        if not self.healthy():
+            prosody = shutil.which("prosody") or "/usr/bin/prosody"
+            argv = [prosody, "-F", "--config", str(self.config_file)]
+            start_process(
+                self.layout,
+                self.name,
+                self._as_prosody_user(argv),
+                env=self.environment(),
+                cwd=self.folder,
+            )
+            wait_until(self.healthy, "prosody", START_TIMEOUT_S, self.layout.logfile(self.name))
+        self.ensure_accounts()
+        log.info(
+            "prosody serving %s on %s:%d (BOSH on port %d)",
+            self.settings.xmpp_domain,
+            self.settings.xmpp_host,
+            self.settings.xmpp_port,
+            self.settings.bosh_port,
+        )
+
+    def stop(self) -> None:
+        stop_process(self.layout, self.name)
+
+    def healthy(self) -> bool:
+        if read_pid(self.layout.pidfile(self.name)) is None:
+            return False
+        host = self.settings.xmpp_host
+        return port_open(host, self.settings.xmpp_port) and port_open(host, self.settings.bosh_port)
+
+    def ensure_accounts(self) -> None:
+        """Create gateway@ and collector@, or reset their passwords to the configured ones."""
+        s = self.settings
+        for user, secret in (
+            ("gateway", s.xmpp_gateway_password),
+            ("collector", s.xmpp_collector_password),
+        ):
+            self.set_password(user, secret.get_secret_value())
+
+    def set_password(self, user: str, password: str) -> None:
+        """Create or update the account USER@domain (prosodyctl register overwrites)."""
+        if not password:
+            raise RunnerError(f"no XMPP password for {user}: run `make up` to generate .env")
+        if "\n" in password:
+            raise RunnerError(f"the XMPP password for {user} contains a line break")
+        argv = [
+            shutil.which("prosodyctl") or "/usr/bin/prosodyctl",
+            "--config",
+            str(self.config_file),
+            "register",
+            user,
+            self.settings.xmpp_domain,
+        ]
+        # The password goes through standard input (asked twice), never on a command line.
+        run_checked(
+            self._as_prosody_user(argv),
+            f"prosodyctl register {user}",
+            input=f"{password}\n{password}\n",
+            env=self.environment(),
+            cwd=self.folder,
+            timeout=PROSODYCTL_TIMEOUT_S,
+        )
+
+    def _prepare_folder(self) -> None:
+        folder = self.folder
+        account = self._account()
+        if account is not None:
+            for path in (folder, *folder.iterdir()):
+                os.chown(path, account.pw_uid, account.pw_gid)
+        folder.chmod(0o750)
+
+    def _account(self) -> pwd.struct_passwd | None:
+        """Return the prosody account when we must switch to it (running as root), else None."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            return pwd.getpwnam(PROSODY_USER)
+        except KeyError as exc:
+            raise RunnerError(
+                f"no {PROSODY_USER!r} user: install the prosody package (apt-get install prosody)"
+            ) from exc
+
+    def _as_prosody_user(self, argv: Sequence[str]) -> list[str]:
+        if self._account() is None:
+            return list(argv)
+        # setpriv execs in place (no extra parent), so the pidfile holds Prosody's own pid.
+        setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        return [
+            setpriv,
+            f"--reuid={PROSODY_USER}",
+            f"--regid={PROSODY_USER}",
+            "--init-groups",
+            "--",
+            *argv,
+        ]

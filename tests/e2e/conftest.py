@@ -1,0 +1,65 @@
+"""The whole system for end-to-end tests: every server and service, and a real browser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from roadwatch.runner.stack import PythonService, service_probe
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+    from roadwatch.runner.apache import Apache
+    from roadwatch.runner.mariadb import MariaDB
+    from roadwatch.runner.mosquitto import Mosquitto
+    from roadwatch.runner.process import RunLayout
+    from roadwatch.runner.prosody import Prosody
+    from roadwatch.settings import Settings
+
+CHROMIUM = "/usr/bin/chromium"
+# Flags that keep headless Chromium off the (closed) network and quiet (FACTS).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="session")
+def system(
+    test_settings: Settings,
+    layout: RunLayout,
+    mariadb: MariaDB,
+    mosquitto: Mosquitto,
+    prosody: Prosody,
+    apache: Apache,
+) -> Iterator[Settings]:
+    """Every RoadWatch service running against the test servers."""
+    services = [
+        PythonService(name, test_settings, layout, service_probe(test_settings, name))
+        for name in ("api", "collector", "gateway")
+    ]
+    try:
+        for service in services:
+            service.start()
+        yield test_settings
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium driven by Playwright."""
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
