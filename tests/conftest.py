@@ -23,6 +23,19 @@ pytest_plugins = [
 ]
 
 
+_LAYERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the fast layers first: unit, then integration, then end to end."""
+
+    def layer(item: pytest.Item) -> int:
+        parts = Path(str(item.path)).parts
+        return next((i for i, name in enumerate(_LAYERS) if name in parts), len(_LAYERS))
+
+    items.sort(key=layer)
+
+
 @pytest.fixture(scope="session")
 def run_root() -> Iterator[Path]:
     """A fresh folder for every server's state; readable by the servers' own users."""

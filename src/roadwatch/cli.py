@@ -146,7 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="RoadWatch: road events from connected vehicles.",
     )
     parser.add_argument("--version", action="version", version=f"roadwatch {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        help="DEBUG, INFO, WARNING or ERROR (default: INFO for services, WARNING otherwise)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for name, text in (
@@ -190,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `roadwatch` command line."""
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    quiet = args.handler in (_cmd_stack, _cmd_accounts)
+    _configure_logging(args.log_level or ("WARNING" if quiet else "INFO"))
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:

@@ -31,7 +31,7 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def system(
     test_settings: Settings,
     layout: RunLayout,
@@ -40,7 +40,11 @@ def system(
     prosody: Prosody,
     apache: Apache,
 ) -> Iterator[Settings]:
-    """Every RoadWatch service running against the test servers."""
+    """Every RoadWatch service running against the test servers, for the e2e tests only.
+
+    Package-scoped: the integration tests log in as the same XMPP and MQTT accounts, and two
+    sessions on one account would take turns disconnecting each other.
+    """
     services = [
         PythonService(name, test_settings, layout, service_probe(test_settings, name))
         for name in ("api", "collector", "gateway")

@@ -58,8 +58,10 @@ def new_event_id(started_ms: int, *origin: str) -> str:
 
 def ms_to_rfc3339(ms: int) -> str:
     """Render epoch milliseconds as RFC 3339 UTC with millisecond precision."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(ms / 1000, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -140,7 +142,9 @@ class Event:
                 if data.get("cause_code") is None
                 else _int(data["cause_code"], "cause_code"),
                 station_ids=tuple(_text(s, "station_ids", 64) for s in data.get("station_ids", [])),
-                zone_id=None if data.get("zone_id") is None else _text(data["zone_id"], "zone_id", 64),
+                zone_id=None
+                if data.get("zone_id") is None
+                else _text(data["zone_id"], "zone_id", 64),
                 zone_name=None
                 if data.get("zone_name") is None
                 else _text(data["zone_name"], "zone_name", 200),

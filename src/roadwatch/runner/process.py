@@ -63,18 +63,25 @@ def read_pid(pidfile: Path) -> int | None:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
+    return pid if is_alive(pid) else None
+
+
+def is_alive(pid: int) -> bool:
+    """Return True while process `pid` runs (a zombie child of ours counts as gone)."""
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:
-        return pid
-    # A zombie child of ours counts as dead.
+        return True
     with contextlib.suppress(OSError):
         stat = Path(f"/proc/{pid}/stat").read_text()
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return None
-    return pid
+            return False
+    return True
 
 
 def start_process(
@@ -117,17 +124,20 @@ def stop_process(layout: RunLayout, name: str, grace_s: float = STOP_GRACE_S) ->
         pidfile.unlink(missing_ok=True)
         return False
     _signal_group(pid, signal.SIGTERM)
+    # Wait on the process itself, not its pidfile: some servers remove their pidfile
+    # before they have finished exiting.
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if read_pid(pidfile) is None:
-            break
-        _reap(pid)
+    killed = False
+    while is_alive(pid):
+        if time.monotonic() > deadline:
+            if killed:
+                raise RunnerError(f"{name} (pid {pid}) survives SIGKILL")
+            log.warning("%s did not stop in %.0f s; killing it", name, grace_s)
+            _signal_group(pid, signal.SIGKILL)
+            killed = True
+            deadline = time.monotonic() + grace_s
         time.sleep(0.05)
-    else:
-        log.warning("%s did not stop in %.0f s; killing it", name, grace_s)
-        _signal_group(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    _reap(pid)
+    _children.pop(pid, None)
     pidfile.unlink(missing_ok=True)
     return True
 
@@ -138,16 +148,6 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
     except (ProcessLookupError, PermissionError):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-
-
-def _reap(pid: int) -> None:
-    child = _children.get(pid)
-    if child is not None:
-        if child.poll() is not None:
-            del _children[pid]
-        return
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:

@@ -194,7 +194,12 @@ def _counters(settings: Settings, name: str) -> str:
     record = read_status(settings.run_dir, "simulator" if name == "simulate" else name)
     if not record or not record.get("counters"):
         return ""
-    shown = ", ".join(f"{k} {v}" for k, v in record["counters"].items() if not isinstance(v, dict))
+    # The XMPP adapters' own counters are many; the status line keeps to the service's.
+    shown = ", ".join(
+        f"{key} {value}"
+        for key, value in record["counters"].items()
+        if not isinstance(value, dict) and (key == "xmpp_reconnects" or not key.startswith("xmpp_"))
+    )
     return f"  ({shown})"
 
 
