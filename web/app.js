@@ -191,6 +191,7 @@
   });
 
   document.addEventListener("DOMContentLoaded", async () => {
+    Strophe.setLogLevel(Strophe.LogLevel.WARN); // its default traces every BOSH request
     await loadConfig();
     connect();
   });

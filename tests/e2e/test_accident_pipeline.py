@@ -83,6 +83,8 @@ def test_two_accident_reports_reach_mysql_api_and_browser(
 ) -> None:
     settings = system
     page = browser.new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
     page.goto(f"http://127.0.0.1:{settings.http_port}/")
     # The page logs in anonymously over BOSH and subscribes before the accident happens.
     page.wait_for_selector("#connection[data-state='live']", timeout=15_000)
@@ -125,6 +127,7 @@ def test_two_accident_reports_reach_mysql_api_and_browser(
         row.wait_for(state="visible", timeout=remaining_ms + 1)
         assert row.get_attribute("data-status") == "active"
         assert "accident" in row.inner_text()
+        assert console_errors == []
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "live-accident.png"), full_page=True)
     finally:

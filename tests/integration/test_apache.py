@@ -1,0 +1,94 @@
+"""Apache in front of everything: static app, clean URLs, proxies and security headers."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from roadwatch.runner.apache import Apache
+from roadwatch.runner.process import RunLayout
+from roadwatch.runner.prosody import Prosody
+from roadwatch.runner.stack import PythonService, service_probe
+from roadwatch.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+class Page:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+def get(settings: Settings, path: str, data: bytes | None = None) -> Page:
+    request = urllib.request.Request(f"http://127.0.0.1:{settings.http_port}{path}", data=data)
+    if data is not None:
+        request.add_header("Content-Type", "text/xml; charset=utf-8")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return Page(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as error:
+        return Page(error.code, dict(error.headers), error.read())
+
+
+@pytest.fixture(scope="module")
+def api(test_settings: Settings, layout: RunLayout, mariadb: object) -> Iterator[None]:
+    service = PythonService("api", test_settings, layout, service_probe(test_settings, "api"))
+    service.start()
+    yield
+    service.stop()
+
+
+def test_home_page_is_served_with_security_headers(test_settings: Settings, apache: Apache) -> None:
+    page = get(test_settings, "/")
+    assert page.status == 200
+    assert b"RoadWatch" in page.body
+    csp = page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp
+    assert "default-src 'self'" in csp
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Server"] == "Apache"  # no version
+
+
+@pytest.mark.parametrize("path", ["/history", "/stats", "/zones", "/live/"])
+def test_clean_urls_serve_the_app(test_settings: Settings, apache: Apache, path: str) -> None:
+    page = get(test_settings, path)
+    assert page.status == 200
+    assert b"RoadWatch" in page.body
+
+
+def test_browser_libraries_come_from_our_server(test_settings: Settings, apache: Apache) -> None:
+    page = get(test_settings, "/vendor/strophe.umd.min.js")
+    assert page.status == 200
+    assert page.headers["Content-Type"].startswith("text/javascript")
+
+
+@pytest.mark.parametrize(
+    "path", ["/vendor/", "/node_modules/strophe.js/package.json", "/package.json"]
+)
+def test_no_listing_and_no_build_files(test_settings: Settings, apache: Apache, path: str) -> None:
+    assert get(test_settings, path).status in (403, 404)
+
+
+def test_api_is_proxied(test_settings: Settings, apache: Apache, api: None) -> None:
+    page = get(test_settings, "/api/health")
+    assert page.status == 200
+    assert b'"database":"ok"' in page.body
+
+
+def test_bosh_is_proxied_to_prosody(
+    test_settings: Settings, apache: Apache, prosody: Prosody
+) -> None:
+    body = (
+        "<body xmlns='http://jabber.org/protocol/httpbind' rid='1' "
+        f"to='{test_settings.anonymous_domain}' wait='5' hold='1' ver='1.6' "
+        "xmlns:xmpp='urn:xmpp:xbosh' xmpp:version='1.0'/>"
+    ).encode()
+    page = get(test_settings, "/http-bind", data=body)
+    assert page.status == 200
+    assert b"sid=" in page.body
+    assert b"ANONYMOUS" in page.body
