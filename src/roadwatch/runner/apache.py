@@ -8,29 +8,23 @@ import shutil
 import urllib.request
 
 from roadwatch.runner.process import (
-    RunLayout,
-    read_pid,
     run_checked,
     start_process,
-    stop_process,
     wait_until,
 )
+from roadwatch.runner.server import Server
 from roadwatch.runner.templates import deploy_dir, repo_dir
-from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
 APACHE_USER = "www-data"
 
 
-class Apache:
+class Apache(Server):
     """The HTTP front of SPEC §8, configured only through environment variables."""
 
     name = "apache"
-
-    def __init__(self, settings: Settings, layout: RunLayout) -> None:
-        self.settings = settings
-        self.layout = layout
+    data_folder = "apache"
 
     @property
     def url(self) -> str:
@@ -46,7 +40,7 @@ class Apache:
         env = dict(os.environ)
         env.update(s.as_environment())
         env.update(
-            ROADWATCH_APACHE_DIR=str(self.layout.data("apache")),
+            ROADWATCH_APACHE_DIR=str(self.folder),
             ROADWATCH_APACHE_USER=APACHE_USER
             if os.geteuid() == 0
             else os.environ.get("USER", "nobody"),
@@ -72,11 +66,8 @@ class Apache:
         wait_until(self.healthy, "apache", 15, self.layout.logfile(self.name))
         log.info("apache serving %s", self.url)
 
-    def stop(self) -> None:
-        stop_process(self.layout, self.name)
-
     def healthy(self) -> bool:
-        if read_pid(self.layout.pidfile(self.name)) is None:
+        if not self.running():
             return False
         url = f"http://127.0.0.1:{self.settings.http_port}/"
         try:

@@ -19,16 +19,14 @@ import pymysql
 from roadwatch.adapters.mysql.connection import DbConnection, connect
 from roadwatch.adapters.mysql.migrate import apply_migrations
 from roadwatch.runner.process import (
-    RunLayout,
     RunnerError,
-    read_pid,
     run_checked,
     start_process,
     stop_process,
     wait_until,
 )
+from roadwatch.runner.server import Server
 from roadwatch.runner.templates import deploy_dir
-from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -45,39 +43,34 @@ _USER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 _ACCOUNT_HOSTS = ("%", "localhost")
 
 
-class MariaDB:
+class MariaDB(Server):
     """A private mariadbd for one run layout, provisioned for RoadWatch and Prosody."""
 
     name = "mariadb"
+    data_folder = "mysql"
 
-    def __init__(self, settings: Settings, layout: RunLayout) -> None:
-        self.settings = settings
-        self.layout = layout
-        self.config_file = deploy_dir() / "mysql" / "roadwatch.cnf"
+    @property
+    def config_file(self) -> Path:
+        return deploy_dir() / "mysql" / "roadwatch.cnf"
 
     # --- paths -----------------------------------------------------------------------------
 
     @property
-    def home(self) -> Path:
-        """The folder holding the datadir, socket and server pid file."""
-        return self.layout.data("mysql")
-
-    @property
     def datadir(self) -> Path:
-        return self.home / "data"
+        return self.folder / "data"
 
     @property
     def socket_path(self) -> Path:
         """The unix socket; moved to a short path in the temp folder if the home is too deep."""
-        path = self.home / "mysqld.sock"
+        path = self.folder / "mysqld.sock"
         if len(str(path)) < MAX_SOCKET_PATH:
             return path
-        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(str(self.folder).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"roadwatch-mysql-{digest}.sock"
 
     @property
     def _server_pidfile(self) -> Path:
-        return self.home / "mariadbd.pid"
+        return self.folder / "mariadbd.pid"
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -85,7 +78,7 @@ class MariaDB:
         """Start the server if needed, then provision databases, users and the schema."""
         self.layout.ensure()
         self._prepare_datadir()
-        if read_pid(self.layout.pidfile(self.name)) is None:
+        if not self.running():
             start_process(self.layout, self.name, self._server_argv())
             log.info(
                 "mariadb starting on %s:%d (socket %s)",
@@ -104,7 +97,7 @@ class MariaDB:
 
     def healthy(self) -> bool:
         """Return True when the server process runs and answers as administrator."""
-        if read_pid(self.layout.pidfile(self.name)) is None:
+        if not self.running():
             return False
         try:
             with self.admin_connection(connect_timeout=2.0) as conn:
@@ -202,7 +195,7 @@ class MariaDB:
 
     def _prepare_datadir(self) -> None:
         """Create an empty datadir and the system tables, once."""
-        home, datadir = self.home, self.datadir
+        home, datadir = self.folder, self.datadir
         datadir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             # mariadbd drops to the mysql user, which must own where it writes.
@@ -231,7 +224,7 @@ class MariaDB:
 
         def ready() -> bool:
             nonlocal died
-            if read_pid(self.layout.pidfile(self.name)) is None:
+            if not self.running():
                 died = True
                 return True
             return self.healthy()

@@ -10,17 +10,15 @@ import signal
 from pathlib import Path
 
 from roadwatch.runner.process import (
-    RunLayout,
     RunnerError,
     port_open,
     read_pid,
     run_checked,
     start_process,
-    stop_process,
     wait_until,
 )
+from roadwatch.runner.server import Server
 from roadwatch.runner.templates import deploy_dir, render_file
-from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +26,11 @@ log = logging.getLogger(__name__)
 MOSQUITTO_USER = "mosquitto"
 
 
-class Mosquitto:
+class Mosquitto(Server):
     """The MQTT broker of SPEC §2, authenticated, with the per-vehicle ACL."""
 
     name = "mosquitto"
-
-    def __init__(self, settings: Settings, layout: RunLayout) -> None:
-        self.settings = settings
-        self.layout = layout
-
-    @property
-    def folder(self) -> Path:
-        return self.layout.data("mosquitto")
+    data_folder = "mosquitto"
 
     @property
     def passwd_file(self) -> Path:
@@ -92,11 +83,8 @@ class Mosquitto:
         wait_until(self.healthy, "mosquitto", 15, self.layout.logfile(self.name))
         log.info("mosquitto listening on %s:%d", self.settings.mqtt_host, self.settings.mqtt_port)
 
-    def stop(self) -> None:
-        stop_process(self.layout, self.name)
-
     def healthy(self) -> bool:
-        running = read_pid(self.layout.pidfile(self.name)) is not None
+        running = self.running()
         return running and port_open(self.settings.mqtt_host, self.settings.mqtt_port)
 
     def _give_to_broker(self) -> None:

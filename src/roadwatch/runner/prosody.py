@@ -10,17 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from roadwatch.runner.process import (
-    RunLayout,
     RunnerError,
     port_open,
-    read_pid,
     run_checked,
     start_process,
-    stop_process,
     wait_until,
 )
+from roadwatch.runner.server import Server
 from roadwatch.runner.templates import deploy_dir
-from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,32 +48,15 @@ _OPTIONAL_VARIABLES = (
 )
 
 
-def prosody_deploy_dir() -> Path:
-    """Return deploy/prosody (ROADWATCH_DEPLOY_DIR, else the repository's deploy/ folder)."""
-    configured = os.environ.get("ROADWATCH_DEPLOY_DIR")
-    base = Path(configured).resolve() if configured else deploy_dir()
-    folder = base / "prosody"
-    if not (folder / "prosody.cfg.lua").is_file():
-        raise RunnerError(f"no prosody.cfg.lua in {folder}")
-    return folder
-
-
-class Prosody:
+class Prosody(Server):
     """The XMPP server of SPEC §5: c2s, BOSH, PubSub and the archive, stored in MySQL."""
 
     name = "prosody"
-
-    def __init__(self, settings: Settings, layout: RunLayout) -> None:
-        self.settings = settings
-        self.layout = layout
-
-    @property
-    def folder(self) -> Path:
-        return self.layout.data("prosody")
+    data_folder = "prosody"
 
     @property
     def config_file(self) -> Path:
-        return prosody_deploy_dir() / "prosody.cfg.lua"
+        return deploy_dir() / "prosody" / "prosody.cfg.lua"
 
     def environment(self) -> dict[str, str]:
         """Return the environment the config file reads, and nothing else of ours."""
@@ -115,11 +95,8 @@ class Prosody:
             self.settings.bosh_port,
         )
 
-    def stop(self) -> None:
-        stop_process(self.layout, self.name)
-
     def healthy(self) -> bool:
-        if read_pid(self.layout.pidfile(self.name)) is None:
+        if not self.running():
             return False
         host = self.settings.xmpp_host
         return port_open(host, self.settings.xmpp_port) and port_open(host, self.settings.bosh_port)

@@ -33,7 +33,8 @@ SERVICE_START_TIMEOUT_S = 30.0
 class Part(Protocol):
     """Anything the runner starts: a server or one of our services."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def start(self) -> None: ...
 

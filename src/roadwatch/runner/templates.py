@@ -24,8 +24,12 @@ def repo_dir() -> Path:
 
 
 def deploy_dir() -> Path:
-    """Return the deploy/ folder shared by the native runner and the containers."""
-    return repo_dir() / "deploy"
+    """Return the deploy/ folder shared by the native runner and the containers.
+
+    ROADWATCH_DEPLOY_DIR points elsewhere, for an installed package without the repository.
+    """
+    configured = os.environ.get("ROADWATCH_DEPLOY_DIR")
+    return Path(configured).resolve() if configured else repo_dir() / "deploy"
 
 
 def render(text: str, variables: Mapping[str, str]) -> str:
