@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from bench import detector
+from bench import detector, latency
 
 
 def main() -> int:
     detector.main()
+    latency.main()
     return 0
 
 

@@ -200,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `roadwatch status | head`
+        return 141
     return code
 
 
