@@ -82,6 +82,27 @@ class Settings(BaseSettings):
     accident_window_s: float = 600.0
     accident_expiry_s: float = 1800.0
     future_tolerance_s: float = 300.0
+    # Traffic jams: H3 cells split by direction of travel (SPEC §3).
+    jam_cell_resolution: int = 9
+    jam_window_s: float = 60.0
+    jam_min_stations: int = 3
+    jam_slow_speed_kmh: float = 30.0
+    jam_free_speed_kmh: float = 50.0
+    jam_clear_after_s: float = 120.0
+    jam_clear_min_stations: int = 2
+    jam_update_interval_s: float = 30.0
+    # Zones: the GeoJSON file loaded at start (relative paths are from the repository).
+    zones_file: Path = Path("deploy/zones/reims.geojson")
+    zone_timeout_s: float = 600.0
+    zone_hysteresis_m: float = 0.0
+    # How often the gateway looks for zone changes made through the REST API.
+    zone_refresh_s: float = 2.0
+    # Other DENM causes relayed as `hazard` events.
+    hazard_radius_m: float = 200.0
+    hazard_expiry_s: float = 1800.0
+    # Detection state saved by the gateway (a snapshot at most this often, and at shutdown).
+    state_snapshot_interval_s: float = 5.0
+    gateway_metrics_port: int = 8001
 
     # Native runner
     run_dir: Path = Path(".run")
