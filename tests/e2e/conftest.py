@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
@@ -31,31 +32,45 @@ CHROMIUM_ARGS = [
 ]
 
 
+@dataclass
+class RunningSystem:
+    """The test system's settings and its Python services, which tests may restart or kill."""
+
+    settings: Settings
+    services: dict[str, PythonService]
+
+
 @pytest.fixture(scope="package")
-def system(
+def running_system(
     test_settings: Settings,
     layout: RunLayout,
     mariadb: MariaDB,
     mosquitto: Mosquitto,
     prosody: Prosody,
     apache: Apache,
-) -> Iterator[Settings]:
+) -> Iterator[RunningSystem]:
     """Every RoadWatch service running against the test servers, for the e2e tests only.
 
     Package-scoped: the integration tests log in as the same XMPP and MQTT accounts, and two
     sessions on one account would take turns disconnecting each other.
     """
-    services = [
-        PythonService(name, test_settings, layout, service_probe(test_settings, name))
+    services = {
+        name: PythonService(name, test_settings, layout, service_probe(test_settings, name))
         for name in ("api", "collector", "gateway")
-    ]
+    }
     try:
-        for service in services:
+        for service in services.values():
             service.start()
-        yield test_settings
+        yield RunningSystem(test_settings, services)
     finally:
-        for service in reversed(services):
+        for service in reversed(services.values()):
             service.stop()
+
+
+@pytest.fixture
+def system(running_system: RunningSystem) -> Settings:
+    """The settings of the running test system."""
+    return running_system.settings
 
 
 @pytest.fixture(scope="session")

@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import orjson
 import uvicorn
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from roadwatch import __version__
 from roadwatch.adapters.mysql.connection import ConnectionPool, StoreError, StoreUnavailable
 from roadwatch.adapters.mysql.store import BBox, EventStore, InvalidCursor
+from roadwatch.adapters.mysql.zones import ZoneExists, ZoneStore
 from roadwatch.domain.events import (
     PUBSUB_NODES,
     EventStatus,
     EventType,
     InvalidEvent,
+    ms_to_rfc3339,
     rfc3339_to_ms,
 )
+from roadwatch.domain.zones import InvalidZone, Zone, zone_from_feature
 from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,16 +47,28 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 # Seconds a client should wait before asking again while the database is down.
 RETRY_AFTER_S = 5
+# A zone Feature is a few kilobytes; anything near this is a mistake or an attack.
+MAX_BODY_BYTES = 1024 * 1024
+# RFC 7946 §12: the media type of GeoJSON; plain JSON is accepted on input too.
+GEOJSON_MEDIA_TYPE = "application/geo+json"
+_JSON_MEDIA_TYPES = frozenset({"application/json", GEOJSON_MEDIA_TYPE})
 
 
 class ApiError(Exception):
     """A client error with its HTTP status, error code and human detail."""
 
-    def __init__(self, status_code: int, error: str, detail: Any) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        error: str,
+        detail: Any,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.error = error
         self.detail = detail
+        self.headers = headers
 
 
 # --- Documented shapes (OpenAPI); responses are serialised directly with orjson. -----------
@@ -95,9 +115,93 @@ class ErrorOut(BaseModel):
     detail: Any
 
 
+class ZoneFeatureOut(BaseModel):
+    """A zone: a GeoJSON Feature with a Polygon or MultiPolygon and properties id and name."""
+
+    type: Literal["Feature"]
+    geometry: dict[str, Any] = Field(description="GeoJSON Polygon or MultiPolygon, [lon, lat]")
+    properties: dict[str, Any] = Field(description="`id`, `name`, optional `hysteresis_m`")
+
+
+class ZoneCollectionOut(BaseModel):
+    """Every zone, as a GeoJSON FeatureCollection."""
+
+    type: Literal["FeatureCollection"]
+    features: list[ZoneFeatureOut]
+
+
+class OccupantOut(BaseModel):
+    """A station inside a zone now."""
+
+    station_id: str
+    since: str = Field(description="RFC 3339 UTC event time of its entry")
+
+
+class OccupancyOut(BaseModel):
+    """The stations inside one zone now, from the stored zone_enter and zone_exit events."""
+
+    zone_id: str
+    stations: list[OccupantOut]
+    count: int
+
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "Invalid parameters"},
     503: {"model": ErrorOut, "description": "Database unavailable"},
+}
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Not a valid zone Feature"},
+    401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
+    403: {"model": ErrorOut, "description": "Writes disabled: no API token configured"},
+    413: {"model": ErrorOut, "description": f"Body larger than {MAX_BODY_BYTES} bytes"},
+    415: {"model": ErrorOut, "description": "Body not sent as JSON"},
+    503: {"model": ErrorOut, "description": "Database unavailable"},
+}
+# The request body of zone writes, read by hand (size limit, GeoJSON validation in the domain),
+# so it is described here for the OpenAPI document.
+_ZONE_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A GeoJSON Feature (RFC 7946) with a Polygon or MultiPolygon geometry",
+        "content": {
+            media_type: {
+                "schema": {
+                    "type": "object",
+                    "required": ["type", "geometry", "properties"],
+                    "properties": {
+                        "type": {"type": "string", "enum": ["Feature"]},
+                        "geometry": {
+                            "type": "object",
+                            "description": "Polygon or MultiPolygon; positions are [lon, lat]",
+                        },
+                        "properties": {
+                            "type": "object",
+                            "required": ["id", "name"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "name": {"type": "string"},
+                                "hysteresis_m": {
+                                    "type": "number",
+                                    "description": "metres outside before an exit counts",
+                                },
+                            },
+                        },
+                    },
+                },
+                "example": {
+                    "type": "Feature",
+                    "geometry": {
+                        "type": "Polygon",
+                        "coordinates": [
+                            [[4.02, 49.25], [4.04, 49.25], [4.04, 49.26], [4.02, 49.25]]
+                        ],
+                    },
+                    "properties": {"id": "station-square", "name": "Station square"},
+                },
+            }
+            for media_type in ("application/json", GEOJSON_MEDIA_TYPE)
+        },
+    }
 }
 
 
@@ -185,18 +289,80 @@ def get_store(request: Request) -> EventStore:
 StoreDep = Annotated[EventStore, Depends(get_store)]
 
 
+def get_zone_store(request: Request) -> ZoneStore:
+    """Return the zone store opened by the lifespan of this application."""
+    zones = request.app.state.zones
+    if not isinstance(zones, ZoneStore):
+        raise RuntimeError("the API zone store is not open")
+    return zones
+
+
+ZoneStoreDep = Annotated[ZoneStore, Depends(get_zone_store)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiToken",
+    description="`Authorization: Bearer <ROADWATCH_API_TOKEN>`; required by every write.",
+)
+
+
+async def read_zone_body(request: Request) -> Zone:
+    """Read the request body (at most MAX_BODY_BYTES) and validate it as a zone Feature."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type and media_type not in _JSON_MEDIA_TYPES:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the zone as application/json or {GEOJSON_MEDIA_TYPE}, not {media_type[:80]}",
+        )
+    too_large = ApiError(
+        413, "payload_too_large", f"the body is larger than {MAX_BODY_BYTES} bytes"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            # Counted while reading, for chunked bodies that announce no length.
+            if len(body) > MAX_BODY_BYTES:
+                raise too_large
+    except ClientDisconnect as exc:
+        # Nobody will read the answer; a 4xx keeps it out of the server error log.
+        raise ApiError(400, "incomplete_body", "the client left before sending the body") from exc
+    if not body.strip():
+        raise ApiError(400, "invalid_json", "the body is empty; send a GeoJSON Feature")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+    try:
+        return zone_from_feature(document)
+    except InvalidZone as exc:
+        raise ApiError(400, "invalid_zone", str(exc)) from exc
+    except Exception as exc:
+        # The domain validator should explain every refusal; a client still gets a 4xx if not.
+        log.warning("zone validation failed unexpectedly: %r", exc)
+        raise ApiError(400, "invalid_zone", "the body is not a valid zone Feature") from exc
+
+
+ZoneBodyDep = Annotated[Zone, Depends(read_zone_body)]
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the API application; the database pool opens with its lifespan, not before."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = EventStore(ConnectionPool(settings, POOL_SIZE))
-        app.state.store = store
+        pool = ConnectionPool(settings, POOL_SIZE)
+        app.state.store = EventStore(pool)
+        app.state.zones = ZoneStore(pool)
         log.info("api using MySQL at %s:%d", settings.mysql_host, settings.mysql_port)
         try:
             yield
         finally:
-            store.close()
+            pool.close()
 
     app = FastAPI(
         title="RoadWatch API",
@@ -234,10 +400,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return _error(exc.status_code, exc.error, exc.detail)
+        return _error(exc.status_code, exc.error, exc.detail, exc.headers)
 
     async def on_invalid_cursor(request: Request, exc: Exception) -> Response:
         return _error(400, "invalid_parameter", [{"parameter": "cursor", "message": str(exc)}])
+
+    async def on_invalid_zone(request: Request, exc: Exception) -> Response:
+        return _error(400, "invalid_zone", str(exc))
 
     async def on_unavailable(request: Request, exc: Exception) -> Response:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
@@ -256,6 +425,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(InvalidCursor, on_invalid_cursor)
+    app.add_exception_handler(InvalidZone, on_invalid_zone)
     app.add_exception_handler(StoreUnavailable, on_unavailable)
     app.add_exception_handler(StoreError, on_store_error)
 
@@ -359,6 +529,180 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         if event is None:
             return _error(404, "not_found", f"no event with id {event_id!r}")
         return _json(event.to_dict())
+
+    _install_zone_routes(app, settings)
+
+
+def _geojson(
+    content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(content),
+        status_code=status_code,
+        media_type=GEOJSON_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+def _zone_location(zone_id: str) -> dict[str, str]:
+    return {"Location": f"{PREFIX}/zones/{quote(zone_id, safe='')}"}
+
+
+def _install_zone_routes(app: FastAPI, settings: Settings) -> None:
+    expected_token = settings.api_token.get_secret_value().encode()
+
+    async def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    ) -> None:
+        """Let the request through only with the configured bearer token (RFC 6750)."""
+        if not expected_token:
+            raise ApiError(
+                403,
+                "writes_disabled",
+                "zone changes are disabled: the server has no API token configured",
+            )
+        if credentials is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "this request needs an `Authorization: Bearer <token>` header",
+                {"WWW-Authenticate": 'Bearer realm="roadwatch"'},
+            )
+        # Constant time, so the comparison does not reveal how much of a guess was right.
+        if not hmac.compare_digest(credentials.credentials.encode(), expected_token):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the bearer token is not valid",
+                {"WWW-Authenticate": 'Bearer realm="roadwatch", error="invalid_token"'},
+            )
+
+    authorised = [Security(require_token)]
+
+    def not_found(zone_id: str) -> Response:
+        return _error(404, "not_found", f"no zone with id {zone_id!r}")
+
+    @app.get(
+        f"{PREFIX}/zones",
+        response_model=ZoneCollectionOut,
+        responses={503: _ERRORS[503]},
+        tags=["zones"],
+    )
+    def list_zones(request: Request, zones: ZoneStoreDep) -> Response:
+        """List every zone as a GeoJSON FeatureCollection."""
+        body = orjson.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [zone.to_feature() for zone in zones.list_zones()],
+            }
+        )
+        # A content hash, so a client polling for changes downloads them only when they change.
+        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=GEOJSON_MEDIA_TYPE, headers=headers)
+
+    @app.get(
+        f"{PREFIX}/zones/{{zone_id}}",
+        response_model=ZoneFeatureOut,
+        responses={404: {"model": ErrorOut}, 503: _ERRORS[503]},
+        tags=["zones"],
+    )
+    def get_zone(zone_id: str, zones: ZoneStoreDep) -> Response:
+        """Return one zone as a GeoJSON Feature."""
+        zone = zones.get_zone(zone_id)
+        if zone is None:
+            return not_found(zone_id)
+        return _geojson(zone.to_feature())
+
+    @app.post(
+        f"{PREFIX}/zones",
+        status_code=201,
+        response_model=ZoneFeatureOut,
+        responses={**_WRITE_ERRORS, 409: {"model": ErrorOut, "description": "Id taken"}},
+        dependencies=authorised,
+        openapi_extra=_ZONE_BODY_DOC,
+        tags=["zones"],
+    )
+    def create_zone(zone: ZoneBodyDep, zones: ZoneStoreDep) -> Response:
+        """Create a zone; its id is `properties.id`."""
+        try:
+            zones.create_zone(zone)
+        except ZoneExists:
+            return _error(
+                409,
+                "conflict",
+                f"a zone with id {zone.id!r} already exists; PUT /api/zones/{{id}} replaces it",
+            )
+        log.info("zone %r created", zone.id)
+        return _geojson(zone.to_feature(), 201, _zone_location(zone.id))
+
+    @app.put(
+        f"{PREFIX}/zones/{{zone_id}}",
+        response_model=ZoneFeatureOut,
+        responses={**_WRITE_ERRORS, 201: {"model": ZoneFeatureOut, "description": "Created"}},
+        dependencies=authorised,
+        openapi_extra=_ZONE_BODY_DOC,
+        tags=["zones"],
+    )
+    def replace_zone(zone_id: str, zone: ZoneBodyDep, zones: ZoneStoreDep) -> Response:
+        """Create or replace the zone with this id; `properties.id` must be the same id."""
+        if zone.id != zone_id:
+            raise ApiError(
+                400,
+                "invalid_zone",
+                f"properties.id {zone.id!r} does not match the id in the path {zone_id!r}",
+            )
+        created = zones.update_zone(zone)
+        log.info("zone %r %s", zone.id, "created" if created else "replaced")
+        if created:
+            return _geojson(zone.to_feature(), 201, _zone_location(zone.id))
+        return _geojson(zone.to_feature())
+
+    @app.delete(
+        f"{PREFIX}/zones/{{zone_id}}",
+        status_code=204,
+        response_class=Response,
+        responses={
+            401: _WRITE_ERRORS[401],
+            403: _WRITE_ERRORS[403],
+            404: {"model": ErrorOut},
+            503: _ERRORS[503],
+        },
+        dependencies=authorised,
+        tags=["zones"],
+    )
+    def delete_zone(zone_id: str, zones: ZoneStoreDep) -> Response:
+        """Delete a zone."""
+        if not zones.delete_zone(zone_id):
+            return not_found(zone_id)
+        log.info("zone %r deleted", zone_id)
+        return Response(status_code=204)
+
+    @app.get(
+        f"{PREFIX}/zones/{{zone_id}}/occupancy",
+        response_model=OccupancyOut,
+        responses={404: {"model": ErrorOut}, 503: _ERRORS[503]},
+        tags=["zones"],
+    )
+    def zone_occupancy(zone_id: str, zones: ZoneStoreDep) -> Response:
+        """List the stations inside a zone now: those whose latest event there is an enter."""
+        if zones.get_zone(zone_id) is None:
+            return not_found(zone_id)
+        occupants = zones.occupancy(zone_id)
+        return _json(
+            {
+                "zone_id": zone_id,
+                "stations": [
+                    {"station_id": o.station_id, "since": ms_to_rfc3339(o.since_ms)}
+                    for o in occupants
+                ],
+                "count": len(occupants),
+            },
+            200,
+            {"Cache-Control": "no-store"},
+        )
 
 
 def server_config(settings: Settings) -> uvicorn.Config:
