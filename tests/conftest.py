@@ -58,6 +58,7 @@ def test_settings(run_root: Path) -> Settings:
         mysql_port=free_port(),
         http_port=free_port(),
         api_port=free_port(),
+        gateway_metrics_port=free_port(),
         mqtt_gateway_password=secrets.token_urlsafe(18),
         mqtt_fleet_password=secrets.token_urlsafe(18),
         xmpp_gateway_password=secrets.token_urlsafe(18),

@@ -79,6 +79,19 @@ def _cmd_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from roadwatch.services import replay  # noqa: PLC0415
+
+    return replay.main(_settings(args), args.file, args.speedup)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number (or inf)")
+    return value
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from roadwatch.adapters.mysql.connection import connect  # noqa: PLC0415
     from roadwatch.adapters.mysql.migrate import apply_migrations  # noqa: PLC0415
@@ -166,6 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--duration", type=float, default=None, help="stop after N seconds")
     simulate.add_argument("--speedup", type=float, default=1.0, help="simulated seconds per second")
     simulate.set_defaults(handler=_cmd_service)
+
+    replay = sub.add_parser(
+        "replay",
+        help="publish a recorded JSONL trace over MQTT, its timestamps shifted to end now",
+    )
+    replay.add_argument("file", type=Path, help='JSON Lines of {"topic", "qos", "payload"}')
+    replay.add_argument(
+        "--speedup",
+        type=_positive_float,
+        default=1.0,
+        help="trace seconds per second (default 1; inf: as fast as possible)",
+    )
+    replay.set_defaults(handler=_cmd_replay)
 
     sub.add_parser("migrate", help="apply the database migrations").set_defaults(
         handler=_cmd_migrate

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from roadwatch.domain.accident import AccidentRules
+    from roadwatch.domain.detector import DetectionRules
 
 
 # Values that a human might leave in a copied env file; refused outside development.
@@ -155,6 +156,36 @@ class Settings(BaseSettings):
             radius_m=self.accident_radius_m,
             window_ms=round(self.accident_window_s * 1000),
             expiry_ms=round(self.accident_expiry_s * 1000),
+        )
+
+    @property
+    def detection_rules(self) -> DetectionRules:
+        """Return the thresholds of every detection rule (SPEC §3), from these settings."""
+        from roadwatch.domain.detector import DetectionRules  # noqa: PLC0415
+        from roadwatch.domain.hazard import HazardRules  # noqa: PLC0415
+        from roadwatch.domain.traffic_jam import JamRules  # noqa: PLC0415
+        from roadwatch.domain.zones import ZoneRules  # noqa: PLC0415
+
+        def ms(seconds: float) -> int:
+            return round(seconds * 1000)
+
+        return DetectionRules(
+            accident=self.accident_rules,
+            traffic_jam=JamRules(
+                cell_resolution=self.jam_cell_resolution,
+                window_ms=ms(self.jam_window_s),
+                min_stations=self.jam_min_stations,
+                slow_speed_kmh=self.jam_slow_speed_kmh,
+                free_speed_kmh=self.jam_free_speed_kmh,
+                clear_after_ms=ms(self.jam_clear_after_s),
+                clear_min_stations=self.jam_clear_min_stations,
+                update_interval_ms=ms(self.jam_update_interval_s),
+            ),
+            zones=ZoneRules(
+                timeout_ms=ms(self.zone_timeout_s), hysteresis_m=self.zone_hysteresis_m
+            ),
+            hazard=HazardRules(radius_m=self.hazard_radius_m, expiry_ms=ms(self.hazard_expiry_s)),
+            future_tolerance_ms=ms(self.future_tolerance_s),
         )
 
 

@@ -37,28 +37,68 @@ class Trace:
     lines: list[dict[str, Any]] = field(default_factory=list)
     expected: list[dict[str, Any]] = field(default_factory=list)
 
-    def cam(self, station: str, t_s: float, lat: float, lon: float, speed: float,
-            heading: float, station_type: int = 5) -> None:
-        payload = {"stationId": station, "stationType": station_type,
-                   "timestamp": T0 + round(t_s * 1000), "lat": round(lat, 7),
-                   "lon": round(lon, 7), "speed": speed, "heading": heading}
+    def cam(
+        self,
+        station: str,
+        t_s: float,
+        lat: float,
+        lon: float,
+        speed: float,
+        heading: float,
+        station_type: int = 5,
+    ) -> None:
+        payload = {
+            "stationId": station,
+            "stationType": station_type,
+            "timestamp": T0 + round(t_s * 1000),
+            "lat": round(lat, 7),
+            "lon": round(lon, 7),
+            "speed": speed,
+            "heading": heading,
+        }
         self.lines.append({"topic": f"vehicles/{station}/cam", "qos": 0, "payload": payload})
 
-    def denm(self, station: str, t_s: float, lat: float, lon: float, cause: int,
-             station_type: int = 5, termination: str | None = None) -> None:
-        payload: dict[str, Any] = {"stationId": station, "stationType": station_type,
-                                   "timestamp": T0 + round(t_s * 1000), "lat": round(lat, 7),
-                                   "lon": round(lon, 7), "causeCode": cause}
+    def denm(
+        self,
+        station: str,
+        t_s: float,
+        lat: float,
+        lon: float,
+        cause: int,
+        station_type: int = 5,
+        termination: str | None = None,
+    ) -> None:
+        payload: dict[str, Any] = {
+            "stationId": station,
+            "stationType": station_type,
+            "timestamp": T0 + round(t_s * 1000),
+            "lat": round(lat, 7),
+            "lon": round(lon, 7),
+            "causeCode": cause,
+        }
         if termination:
             payload["termination"] = termination
         self.lines.append({"topic": f"vehicles/{station}/denm", "qos": 1, "payload": payload})
 
-    def expect(self, type_: str, status: str, stations: list[str],
-               zone_id: str | None = None, *, exact: bool = True) -> None:
+    def expect(
+        self,
+        type_: str,
+        status: str,
+        stations: list[str],
+        zone_id: str | None = None,
+        *,
+        exact: bool = True,
+    ) -> None:
         """Expect one event; `exact=False`: its stations are some of `stations`."""
-        self.expected.append({"type": type_, "status": status,
-                              "station_ids": sorted(stations), "zone_id": zone_id,
-                              "exact_stations": exact})
+        self.expected.append(
+            {
+                "type": type_,
+                "status": status,
+                "station_ids": sorted(stations),
+                "zone_id": zone_id,
+                "exact_stations": exact,
+            }
+        )
 
     def write(self) -> None:
         self.lines.sort(key=lambda line: line["payload"]["timestamp"])
@@ -78,8 +118,9 @@ def accident() -> Trace:
     trace.denm("gt-acc-w2", 40, *offset(lat, lon, 60, 30), 2)
     trace.denm("gt-acc-w3", 100, *offset(lat, lon, -80, 0), 2)
     trace.denm("gt-acc-w1", 130, lat, lon, 2)  # a repeat: no new reporter
-    trace.denm("gt-acc-op", 400, *offset(lat, lon, 20, 20), 2, station_type=15,
-               termination="negation")
+    trace.denm(
+        "gt-acc-op", 400, *offset(lat, lon, 20, 20), 2, station_type=15, termination="negation"
+    )
     trace.expect("accident", "cleared", ["gt-acc-w1", "gt-acc-w2", "gt-acc-w3"])
     # A lone reporter 2 km away, and two reporters 250 m apart: no accident.
     far_lat, far_lon = offset(lat, lon, 2000, 0)
@@ -95,7 +136,7 @@ def accident() -> Trace:
 def traffic_jam() -> Trace:
     """Five cars crawl east for 90 s, then drive off; the other carriageway flows freely."""
     trace = Trace("traffic_jam")
-    lat, lon = 49.2280, 4.0010  # a boulevard south-west of the centre
+    lat, lon = 49.2300, 4.0900  # the eastern ring road, away from every zone
     cars = [f"gt-jam-c{n}" for n in range(5)]
     for second in range(0, 300):
         for index, car in enumerate(cars):
@@ -109,8 +150,13 @@ def traffic_jam() -> Trace:
             trace.cam(car, second + index * 0.1, *offset(lat, lon, 0, east), speed, 90.0)
         # Opposite carriageway, free flow at 60 km/h: never a jam.
         for index in range(3):
-            trace.cam(f"gt-jam-o{index}", second + 0.5, *offset(lat, lon, 8, 400 - second * 60 / 3.6
-                                                                  - index * 30), 60.0, 270.0)
+            trace.cam(
+                f"gt-jam-o{index}",
+                second + 0.5,
+                *offset(lat, lon, 8, 4000 - second * 60 / 3.6 - index * 30),
+                60.0,
+                270.0,
+            )
     trace.expect("traffic_jam", "cleared", cars, exact=False)
     return trace
 

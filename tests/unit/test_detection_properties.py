@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roadwatch.domain.detector import Detector
-from roadwatch.domain.events import Event, EventStatus
+from roadwatch.domain.events import Event, EventStatus, EventType
 from roadwatch.domain.geo import GeoGrid, destination, haversine_m, mean_position
 from roadwatch.domain.messages import Cam, Denm, Termination
 
@@ -98,18 +98,22 @@ def test_events_do_not_depend_on_how_often_the_clock_is_observed(
     trace: list[Message], data: st.DataObject
 ) -> None:
     reference = Detector()
+    slack = reference.rules.clock_slack_ms
     clocks: list[int | None] = []
     for message in trace:
         clocks.append(reference.clock_ms)
         reference.process(message)
     clocks.append(reference.clock_ms)
-    # CAMs from fresh stations at times the clock passes through anyway (between two messages).
+    # CAMs from fresh stations, far from the trace and driving freely, at times the clock
+    # passes through anyway: behind it, or on an ordinary step between two messages. (A tick
+    # within a step that confirmed a lead would be a witness of the time, not a mere look.)
     ticked: list[Message] = []
     for i, message in enumerate(trace):
         before, after = clocks[i], clocks[i + 1]
         if before is not None and after is not None and data.draw(st.booleans()):
-            t = data.draw(st.integers(min_value=before, max_value=after))
-            ticked.append(Cam(f"tick-{i}", 5, t, 0.0, 0.0, 0.0, 0.0))
+            latest = after if after - before <= slack else before
+            t = data.draw(st.integers(min_value=before - MINUTE, max_value=latest))
+            ticked.append(Cam(f"tick-{i}", 5, t, 85.0, 0.0, 100.0, 0.0))
         ticked.append(message)
     assert run(ticked) == run(trace)
 
@@ -128,7 +132,9 @@ def test_ids_start_at_version_one_once_and_versions_then_count_up(trace: list[Me
             assert event.version == previous.version + 1
             assert event.started_ms == previous.started_ms
             assert event.updated_ms >= previous.updated_ms
-        assert event.details["reporter_count"] == len(event.station_ids) >= 1
+        if event.type is EventType.ACCIDENT:
+            assert event.details["reporter_count"] == len(event.station_ids) >= 1
+        assert event.station_ids
         assert list(event.station_ids) == sorted(set(event.station_ids))
         if event.status is EventStatus.CLEARED:
             assert event.ended_ms is not None and event.ended_ms >= event.started_ms

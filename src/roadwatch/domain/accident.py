@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from roadwatch.domain.events import Event, EventStatus, EventType, new_event_id
 from roadwatch.domain.geo import GeoGrid, haversine_m, mean_position
@@ -54,12 +54,14 @@ class _Accident:
     cell: tuple[int, int]
 
 
-@dataclass(slots=True)
-class _Deadline:
-    """What a heap entry points at; entries are never removed, only found stale when popped."""
+# What a deadline points at. Entries are never removed from the heap, only found stale when
+# popped, so a restored detector may hold fewer of them and still behave the same.
+_PENDING: Final = 0  # a waiting report, by key
+_ACCIDENT: Final = 1  # an active accident, by event id
+_STATION: Final = 2  # a station's last report time, kept only as long as it can matter
 
-    pending_key: int = -1
-    accident: _Accident | None = None
+_Entry = tuple[int, int, int, int | str]  # due time, tie-breaker, kind, key
+SNAPSHOT_FORMAT = 1
 
 
 class AccidentDetector:
@@ -69,6 +71,10 @@ class AccidentDetector:
     report can neither count twice nor mint an event id twice. A pending report expires once
     the clock is more than `window_ms` past it; an accident expires once the clock reaches
     `expiry_ms` past its newest report.
+
+    A station's last report time is forgotten `window_ms + expiry_ms` after it (memory stays
+    bounded); a report no newer than the newest forgotten time is then ignored, whatever its
+    station, so forgetting never lets a duplicate through.
     """
 
     __slots__ = (
@@ -76,6 +82,7 @@ class AccidentDetector:
         "_accidents",
         "_by_reporter",
         "_deadlines",
+        "_forgotten_ms",
         "_last_report_ms",
         "_next_key",
         "_pending",
@@ -91,9 +98,10 @@ class AccidentDetector:
         self._accidents: dict[str, _Accident] = {}
         self._accident_grid: GeoGrid[str] = GeoGrid(self.rules.radius_m)
         self._by_reporter: dict[str, dict[str, None]] = {}
-        # Min-heap of (due time, tie-breaker, target): expiry costs O(1) per message until due.
-        self._deadlines: list[tuple[int, int, _Deadline]] = []
+        # Min-heap of deadlines: expiry costs O(1) per message until something is due.
+        self._deadlines: list[_Entry] = []
         self._last_report_ms: dict[str, int] = {}
+        self._forgotten_ms = -1
         self._next_key = 0
         self._seq = 0
 
@@ -106,6 +114,11 @@ class AccidentDetector:
         """Return the latest version of every active accident, oldest first."""
         return sorted((accident.event for accident in self._accidents.values()), key=_event_key)
 
+    def next_due_ms(self) -> int | None:
+        """Return the earliest event time at which `expire` may have something to do."""
+        heap = self._deadlines
+        return heap[0][0] if heap else None
+
     def expire(self, now_ms: int) -> list[Event]:
         """Drop pending reports and clear accidents that are due at event time `now_ms`."""
         heap = self._deadlines
@@ -113,20 +126,22 @@ class AccidentDetector:
             return []
         events: list[Event] = []
         while heap and heap[0][0] <= now_ms:
-            _, _, target = heapq.heappop(heap)
-            accident = target.accident
-            if accident is None:
-                report = self._pending.get(target.pending_key)
+            _, _, kind, key = heapq.heappop(heap)
+            if kind == _PENDING:
+                report = self._pending.get(key) if isinstance(key, int) else None
                 if report is not None:
                     self._drop_pending(report)
-                continue
-            if self._accidents.get(accident.event.id) is not accident:
-                continue  # already cleared
-            due = accident.last_refresh_ms + self.rules.expiry_ms
-            if due > now_ms:
-                self._push(due, _Deadline(accident=accident))  # refreshed since it was queued
-            else:
-                events.append(self._clear(accident, "expired", due))
+            elif kind == _ACCIDENT:
+                accident = self._accidents.get(key) if isinstance(key, str) else None
+                if accident is None:
+                    continue  # already cleared
+                due = accident.last_refresh_ms + self.rules.expiry_ms
+                if due > now_ms:
+                    self._push(due, _ACCIDENT, key)  # refreshed since it was queued
+                else:
+                    events.append(self._clear(accident, "expired", due))
+            elif isinstance(key, str):
+                self._forget_station(key, now_ms)
         if len(events) > 1:
             # By due time then id, so the order never depends on when the clock was looked at.
             events.sort(key=_expiry_key)
@@ -135,10 +150,16 @@ class AccidentDetector:
     def handle(self, denm: Denm, now_ms: int) -> list[Event]:
         """Apply one accident DENM at event time `now_ms`; return the events it causes."""
         events = self.expire(now_ms)
+        t = denm.timestamp_ms
         previous = self._last_report_ms.get(denm.station_id)
-        if previous is not None and denm.timestamp_ms <= previous:
+        if previous is None:
+            if t <= self._forgotten_ms:
+                return events
+            # One deadline per remembered station, moved on when it comes due.
+            self._push(t + self._station_memory_ms, _STATION, denm.station_id)
+        elif t <= previous:
             return events
-        self._last_report_ms[denm.station_id] = denm.timestamp_ms
+        self._last_report_ms[denm.station_id] = t
         if denm.termination is None:
             self._report(denm, now_ms, events)
         elif denm.station_type in self.rules.trusted_station_types:
@@ -189,17 +210,27 @@ class AccidentDetector:
             report = self._new_report(denm)
             self._pending[report.key] = report
             self._pending_grid.add(report.cell, report.key)
-            self._push(t + rules.window_ms + 1, _Deadline(pending_key=report.key))
+            self._push(t + rules.window_ms + 1, _PENDING, report.key)
 
     def _terminate(self, denm: Denm, events: list[Event]) -> None:
         """Clear every accident near a trusted station's termination, and the reports near it."""
         radius = self.rules.radius_m
-        for accident_id in self._accident_grid.near(denm.lat, denm.lon, radius):
-            accident = self._accidents[accident_id]
-            event = accident.event
-            if haversine_m(denm.lat, denm.lon, event.lat, event.lon) <= radius:
-                ended_ms = max(denm.timestamp_ms, event.updated_ms)
-                events.append(self._clear(accident, "termination", ended_ms))
+        doomed = [
+            self._accidents[accident_id]
+            for accident_id in self._accident_grid.near(denm.lat, denm.lon, radius)
+            if haversine_m(
+                denm.lat,
+                denm.lon,
+                self._accidents[accident_id].event.lat,
+                self._accidents[accident_id].event.lon,
+            )
+            <= radius
+        ]
+        # Oldest first, not in grid order: a restored detector files accidents differently.
+        doomed.sort(key=lambda accident: _event_key(accident.event))
+        for accident in doomed:
+            ended_ms = max(denm.timestamp_ms, accident.event.updated_ms)
+            events.append(self._clear(accident, "termination", ended_ms))
         for key in self._pending_grid.near(denm.lat, denm.lon, radius):
             report = self._pending[key]
             if haversine_m(denm.lat, denm.lon, report.lat, report.lon) <= radius:
@@ -265,7 +296,7 @@ class AccidentDetector:
         self._accident_grid.add(accident.cell, event_id)
         for station_id in reports:
             self._by_reporter.setdefault(station_id, {})[event_id] = None
-        self._push(newest_ms + self.rules.expiry_ms, _Deadline(accident=accident))
+        self._push(newest_ms + self.rules.expiry_ms, _ACCIDENT, event_id)
         return event
 
     def _update(self, accident: _Accident, at_ms: int) -> Event:
@@ -332,9 +363,96 @@ class AccidentDetector:
             if not accidents:
                 del self._by_reporter[station_id]
 
-    def _push(self, due_ms: int, target: _Deadline) -> None:
+    @property
+    def _station_memory_ms(self) -> int:
+        # After this, no report of the station can pair, join or be a duplicate that matters.
+        return self.rules.window_ms + self.rules.expiry_ms
+
+    def _forget_station(self, station_id: str, now_ms: int) -> None:
+        last = self._last_report_ms.get(station_id)
+        if last is None:
+            return
+        due = last + self._station_memory_ms
+        if due > now_ms:
+            self._push(due, _STATION, station_id)  # it reported again since
+        else:
+            del self._last_report_ms[station_id]
+            self._forgotten_ms = max(self._forgotten_ms, last)
+
+    def _push(self, due_ms: int, kind: int, key: int | str) -> None:
         self._seq += 1
-        heapq.heappush(self._deadlines, (due_ms, self._seq, target))
+        heapq.heappush(self._deadlines, (due_ms, self._seq, kind, key))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the whole state as JSON-ready data (see `restore`)."""
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "pending": [_report_state(report) for report in self._pending.values()],
+            "accidents": [
+                {
+                    "event": accident.event.to_dict(),
+                    "reports": [_report_state(report) for report in accident.reports.values()],
+                    "last_refresh_ms": accident.last_refresh_ms,
+                }
+                for accident in self._accidents.values()
+            ],
+            "last_report_ms": dict(self._last_report_ms),
+            "forgotten_ms": self._forgotten_ms,
+            "next_key": self._next_key,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace the state with one from `snapshot`; raise ValueError if it is not one."""
+        if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError("not an accident detector snapshot")
+        fresh = AccidentDetector(self.rules)
+        try:
+            for item in state["pending"]:
+                report = fresh._report_from_state(item)
+                fresh._pending[report.key] = report
+                fresh._pending_grid.add(report.cell, report.key)
+                fresh._push(report.timestamp_ms + self.rules.window_ms + 1, _PENDING, report.key)
+            for item in state["accidents"]:
+                event = Event.from_dict(item["event"])
+                reports = [fresh._report_from_state(r) for r in item["reports"]]
+                accident = _Accident(
+                    event,
+                    {report.station_id: report for report in reports},
+                    int(item["last_refresh_ms"]),
+                    fresh._accident_grid.cell_of(event.lat, event.lon),
+                )
+                fresh._accidents[event.id] = accident
+                fresh._accident_grid.add(accident.cell, event.id)
+                for station_id in accident.reports:
+                    fresh._by_reporter.setdefault(station_id, {})[event.id] = None
+                fresh._push(accident.last_refresh_ms + self.rules.expiry_ms, _ACCIDENT, event.id)
+            memory = fresh._station_memory_ms
+            for station_id, last in state["last_report_ms"].items():
+                fresh._last_report_ms[str(station_id)] = int(last)
+                fresh._push(int(last) + memory, _STATION, str(station_id))
+            fresh._forgotten_ms = int(state["forgotten_ms"])
+            fresh._next_key = int(state["next_key"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"not an accident detector snapshot: {exc}") from exc
+        for name in self.__slots__:
+            setattr(self, name, getattr(fresh, name))
+
+    def _report_from_state(self, item: Any) -> _Report:
+        key, station_id, timestamp_ms, lat, lon = item
+        lat = float(lat)
+        lon = float(lon)
+        return _Report(
+            int(key),
+            str(station_id),
+            int(timestamp_ms),
+            lat,
+            lon,
+            self._pending_grid.cell_of(lat, lon),
+        )
+
+
+def _report_state(report: _Report) -> list[Any]:
+    return [report.key, report.station_id, report.timestamp_ms, report.lat, report.lon]
 
 
 def _event_key(event: Event) -> tuple[int, str]:
