@@ -170,10 +170,13 @@ class Detector:
         produced = zones.on_position(station_id, t, message.lat, message.lon, clock)
         if produced:
             events += produced
+            # A zone timeout can only come closer through an enter, which is an event: a
+            # refreshed station only pushes its own timeout later, and an early `_due_ms` is
+            # merely re-checked by `_expire`.
+            due = zones.next_due_ms()
+            if due is not None and due < self._due_ms:
+                self._due_ms = due
         due = jams.next_due_ms()
-        if due is not None and due < self._due_ms:
-            self._due_ms = due
-        due = zones.next_due_ms()
         if due is not None and due < self._due_ms:
             self._due_ms = due
         if clock >= self._next_sweep_ms:

@@ -75,10 +75,17 @@ class PythonService:
         return self.probe()
 
 
-def _status_ready(settings: Settings, name: str) -> Callable[[], bool]:
+def _status_ready(settings: Settings, name: str, process: str) -> Callable[[], bool]:
+    pidfile = RunLayout(settings.run_dir).pidfile(process)
+
     def probe() -> bool:
         record = read_status(settings.run_dir, name)
-        return record is not None and record.get("state") == "ready"
+        # The status must come from the process running now, not from one that was killed.
+        return (
+            record is not None
+            and record.get("state") == "ready"
+            and record.get("pid") == read_pid(pidfile)
+        )
 
     return probe
 
@@ -99,7 +106,7 @@ def service_probe(settings: Settings, name: str) -> Callable[[], bool]:
     """How to tell that the service `roadwatch NAME` is ready."""
     if name == "api":
         return _api_ready(settings)
-    return _status_ready(settings, "simulator" if name == "simulate" else name)
+    return _status_ready(settings, "simulator" if name == "simulate" else name, name)
 
 
 def parts(settings: Settings, layout: RunLayout, with_demo: bool | None = None) -> list[Part]:
