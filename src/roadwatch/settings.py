@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     accident_window_s: float = 600.0
     accident_expiry_s: float = 1800.0
     future_tolerance_s: float = 300.0
+    # A timestamp this far ahead of the detection clock moves it without confirmation (see
+    # docs/DESIGN.md: one vehicle with a fast clock must not expire everybody's state).
+    clock_slack_s: float = 10.0
     # Traffic jams: H3 cells split by direction of travel (SPEC §3).
     jam_cell_resolution: int = 9
     jam_window_s: float = 60.0
@@ -185,6 +188,7 @@ class Settings(BaseSettings):
                 timeout_ms=ms(self.zone_timeout_s), hysteresis_m=self.zone_hysteresis_m
             ),
             hazard=HazardRules(radius_m=self.hazard_radius_m, expiry_ms=ms(self.hazard_expiry_s)),
+            clock_slack_ms=ms(self.clock_slack_s),
             future_tolerance_ms=ms(self.future_tolerance_s),
         )
 

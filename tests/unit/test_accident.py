@@ -353,3 +353,13 @@ def test_a_replayed_report_cannot_raise_the_same_accident_twice() -> None:
     feed.send(denm("amb", T0 + 1, station_type=EMERGENCY, termination=Termination.NEGATION))
     assert feed.send(denm("amb", T0, station_type=EMERGENCY)) == []
     assert [e.version for e in feed.events if e.id == raised.id] == [1, 2]
+
+
+@pytest.mark.parametrize(("metres", "raised"), [(199.0, True), (200.0, True), (201.0, False)])
+def test_two_reporters_pair_only_within_the_radius(metres: float, raised: bool) -> None:
+    feed = Feed()
+    feed.send(denm("first", T0))
+    lat_b, lon_b = near(metres, bearing=37.0)
+    events = feed.send(denm("second", T0 + MINUTE, lat_b, lon_b))
+    assert [event.type for event in events] == ([EventType.ACCIDENT] if raised else [])
+    assert feed.detector.pending_count == (0 if raised else 2)
