@@ -6,8 +6,9 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Iterator
-from typing import Protocol, TypeAlias
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import ClassVar, Protocol, Self, TypeAlias, TypeVar
 
 import pymysql
 from pymysql.connections import Connection
@@ -16,6 +17,8 @@ from pymysql.cursors import Cursor
 from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A refused or black-holed server should turn into a 503 quickly, not hang a request.
 CONNECT_TIMEOUT_S = 5.0
@@ -214,3 +217,61 @@ class ConnectionPool:
             except queue.Empty:
                 return
             _close_quietly(conn)
+
+
+class SourceStore:
+    """A store whose every method is one unit of work over a connection source.
+
+    A session lost in the middle of a unit is reopened and the work run once more, as is a
+    transaction the server rolled back; subclasses keep their writes idempotent for that.
+    """
+
+    # Retries are logged under the subclass's own module.
+    _log: ClassVar[logging.Logger] = log
+
+    def __init__(self, source: ConnectionSource) -> None:
+        self._source = source
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Self:
+        """Return a store over one long-lived session (opened on first use)."""
+        return cls(SingleConnection(settings))
+
+    def close(self) -> None:
+        """Close the connections of this store."""
+        self._source.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self, work: Callable[[Cursor], T], what: str, *, transaction: bool) -> T:
+        """Run `work` in one transaction, retrying once on a fresh session if it was lost."""
+        for attempt in (1, 2):
+            try:
+                with self._source.connection() as conn:
+                    if transaction and conn.get_autocommit():
+                        conn.begin()
+                    with conn.cursor() as cur:
+                        result = work(cur)
+                    # Also ends the read snapshot of a session without autocommit, so the
+                    # next read sees newer commits.
+                    if transaction or not conn.get_autocommit():
+                        conn.commit()
+                    return result
+            except (pymysql.err.MySQLError, OSError) as exc:
+                lost = is_connection_lost(exc)
+                if attempt == 1 and (lost or is_transaction_aborted(exc)):
+                    self._log.warning("%s: retrying once after %s", what, exc)
+                    continue
+                if lost:
+                    raise StoreUnavailable(f"{what}: database unavailable: {exc}") from exc
+                raise StoreError(f"{what} failed: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover

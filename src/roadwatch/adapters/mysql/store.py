@@ -5,25 +5,18 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import orjson
-import pymysql
 from pymysql.cursors import Cursor
 
 from roadwatch.adapters.mysql.connection import (
-    ConnectionSource,
-    SingleConnection,
+    SourceStore,
     StoreError,
-    StoreUnavailable,
-    is_connection_lost,
-    is_transaction_aborted,
 )
 from roadwatch.domain.events import Event, EventStatus, EventType
-from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +177,7 @@ def _event_from_row(row: Sequence[Any]) -> Event:
     )
 
 
-class EventStore:
+class EventStore(SourceStore):
     """Events in MySQL, one row per id at its highest version, over a connection source.
 
     Every method is one unit of work: it commits (ending any read snapshot) before returning.
@@ -192,28 +185,7 @@ class EventStore:
     every write here is idempotent.
     """
 
-    def __init__(self, source: ConnectionSource) -> None:
-        self._source = source
-
-    @classmethod
-    def connect(cls, settings: Settings) -> EventStore:
-        """Return a store over one long-lived session (opened on first use)."""
-        return cls(SingleConnection(settings))
-
-    def close(self) -> None:
-        """Close the connections of this store."""
-        self._source.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    _log = log
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -272,7 +244,7 @@ class EventStore:
                 cur.executemany(_UPSERT_STATE, list(state.items()))
             return winners
 
-        return self._run(work, "upsert", write=True)
+        return self._run(work, "upsert", transaction=True)
 
     def set_state(self, key: str, value: str) -> None:
         """Store one state value under `key` (replacing any previous one)."""
@@ -281,7 +253,7 @@ class EventStore:
         def work(cur: Cursor) -> None:
             cur.execute(_UPSERT_STATE, (key, value))
 
-        self._run(work, "set_state", write=True)
+        self._run(work, "set_state", transaction=True)
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -294,7 +266,7 @@ class EventStore:
             row = cur.fetchone()
             return None if row is None else str(row[0])
 
-        return self._run(work, "get_state", write=False)
+        return self._run(work, "get_state", transaction=False)
 
     def get_event(self, event_id: str) -> Event | None:
         """Return the latest stored version of one event, or None."""
@@ -306,7 +278,7 @@ class EventStore:
             row = cur.fetchone()
             return None if row is None else _event_from_row(row)
 
-        return self._run(work, "get_event", write=False)
+        return self._run(work, "get_event", transaction=False)
 
     def list_events(
         self,
@@ -362,7 +334,7 @@ class EventStore:
             cur.execute(sql, params)
             return [_event_from_row(row) for row in cur.fetchall()]
 
-        found = self._run(work, "list_events", write=False)
+        found = self._run(work, "list_events", transaction=False)
         if len(found) <= limit:
             return found, None
         page = found[:limit]
@@ -375,31 +347,7 @@ class EventStore:
             cur.execute("SELECT 1")
             cur.fetchall()
 
-        self._run(work, "ping", write=False)
-
-    # --- plumbing --------------------------------------------------------------------------
-
-    def _run(self, work: Callable[[Cursor], T], what: str, *, write: bool) -> T:
-        """Run `work` as one transaction, retrying once on a fresh session if it was lost."""
-        for attempt in (1, 2):
-            try:
-                with self._source.connection() as conn:
-                    if write and conn.get_autocommit():
-                        conn.begin()
-                    with conn.cursor() as cur:
-                        result = work(cur)
-                    if write or not conn.get_autocommit():
-                        conn.commit()
-                    return result
-            except (pymysql.err.MySQLError, OSError) as exc:
-                lost = is_connection_lost(exc)
-                if attempt == 1 and (lost or is_transaction_aborted(exc)):
-                    log.warning("%s: retrying once after %s", what, exc)
-                    continue
-                if lost:
-                    raise StoreUnavailable(f"{what}: database unavailable: {exc}") from exc
-                raise StoreError(f"{what} failed: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        self._run(work, "ping", transaction=False)
 
 
 def _event_filters(

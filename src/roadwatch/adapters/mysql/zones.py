@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from types import TracebackType
-from typing import Any, NamedTuple, Self, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 import pymysql
 from pymysql.cursors import Cursor
 
 from roadwatch.adapters.mysql.connection import (
-    ConnectionSource,
-    SingleConnection,
+    SourceStore,
     StoreError,
-    StoreUnavailable,
     error_code,
-    is_connection_lost,
-    is_transaction_aborted,
 )
 from roadwatch.adapters.mysql.store import datetime_to_ms
 from roadwatch.domain.events import EventType
 from roadwatch.domain.zones import MAX_ZONE_ID_LEN, InvalidZone, Zone, zone_from_feature
-from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # MySQL "duplicate entry" error number.
 _DUPLICATE_KEY = 1062
@@ -102,35 +94,14 @@ def _zones_from_rows(rows: Iterable[Sequence[Any]]) -> list[Zone]:
     return zones
 
 
-class ZoneStore:
+class ZoneStore(SourceStore):
     """Zones in MySQL with a revision counter bumped by every change, over a connection source.
 
     Every method is one transaction. A session lost in the middle is reopened and the work run
     once more, as in the event store.
     """
 
-    def __init__(self, source: ConnectionSource) -> None:
-        self._source = source
-
-    @classmethod
-    def connect(cls, settings: Settings) -> ZoneStore:
-        """Return a store over one long-lived session (opened on first use)."""
-        return cls(SingleConnection(settings))
-
-    def close(self) -> None:
-        """Close the connections of this store."""
-        self._source.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    _log = log
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -250,32 +221,6 @@ class ZoneStore:
             return True
 
         return self._run(work, "seed zones", transaction=True)
-
-    # --- plumbing --------------------------------------------------------------------------
-
-    def _run(self, work: Callable[[Cursor], T], what: str, *, transaction: bool) -> T:
-        """Run `work` in one transaction, retrying once on a fresh session if it was lost."""
-        for attempt in (1, 2):
-            try:
-                with self._source.connection() as conn:
-                    if transaction and conn.get_autocommit():
-                        conn.begin()
-                    with conn.cursor() as cur:
-                        result = work(cur)
-                    # Also ends the read snapshot of a session without autocommit, so the
-                    # next poll of the revision sees newer commits.
-                    if transaction or not conn.get_autocommit():
-                        conn.commit()
-                    return result
-            except (pymysql.err.MySQLError, OSError) as exc:
-                lost = is_connection_lost(exc)
-                if attempt == 1 and (lost or is_transaction_aborted(exc)):
-                    log.warning("%s: retrying once after %s", what, exc)
-                    continue
-                if lost:
-                    raise StoreUnavailable(f"{what}: database unavailable: {exc}") from exc
-                raise StoreError(f"{what} failed: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _read_revision(cur: Cursor) -> int:
