@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from roadwatch.adapters.mysql.connection import connect
 from roadwatch.adapters.mysql.store import EventStore
 from roadwatch.domain.events import Event, EventStatus, EventType, new_event_id
 from roadwatch.runner.mariadb import MariaDB
-from roadwatch.runner.process import free_port, wait_until
-from roadwatch.services.api.app import server_config
+from roadwatch.runner.process import free_port
 from roadwatch.settings import Settings
+from tests.integration.api_server import serve
 
 pytestmark = pytest.mark.integration
 
@@ -66,23 +63,6 @@ def events(mariadb: MariaDB, test_settings: Settings) -> list[Event]:
     with EventStore.connect(test_settings) as store:
         assert len(store.upsert(seeded)) == len(seeded)
     return sorted(seeded, key=lambda e: (e.started_ms, e.id), reverse=True)
-
-
-@contextlib.contextmanager
-def serve(settings: Settings) -> Iterator[httpx.Client]:
-    """Run the API as `roadwatch api` would, in a thread, on a free port."""
-    settings = settings.model_copy(update={"api_port": free_port()})
-    server = uvicorn.Server(server_config(settings))
-    thread = threading.Thread(target=server.run, name="api-under-test", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, "api under test", timeout_s=20)
-        base_url = f"http://{settings.api_host}:{settings.api_port}"
-        with httpx.Client(base_url=base_url, timeout=15) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 @pytest.fixture(scope="module")

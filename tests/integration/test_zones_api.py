@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
 from roadwatch.adapters.mysql.store import EventStore
@@ -22,10 +20,11 @@ from roadwatch.adapters.mysql.zones import ZoneStore
 from roadwatch.domain.events import EventType
 from roadwatch.domain.zones import Zone
 from roadwatch.runner.mariadb import MariaDB
-from roadwatch.runner.process import free_port, wait_until
-from roadwatch.services.api.app import MAX_BODY_BYTES, server_config
+from roadwatch.runner.process import free_port
+from roadwatch.services.api.app import MAX_BODY_BYTES
 from roadwatch.services.zone_sync import ZoneSync
 from roadwatch.settings import Settings
+from tests.integration.api_server import serve
 from tests.integration.test_zone_store import (
     BASE_MS,
     clear_events,
@@ -36,23 +35,6 @@ from tests.integration.test_zone_store import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@contextlib.contextmanager
-def serve(settings: Settings) -> Iterator[httpx.Client]:
-    """Run the API as `roadwatch api` would, in a thread, on a free port."""
-    settings = settings.model_copy(update={"api_port": free_port()})
-    server = uvicorn.Server(server_config(settings))
-    thread = threading.Thread(target=server.run, name="zones-api-under-test", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, "api under test", timeout_s=20)
-        base_url = f"http://{settings.api_host}:{settings.api_port}"
-        with httpx.Client(base_url=base_url, timeout=15) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 @pytest.fixture(scope="module")
