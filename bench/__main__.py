@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from bench import detector, latency
+from bench import detector, latency, simulator
 
 
 def main() -> int:
     detector.main()
     latency.main()
+    simulator.main()
     return 0
 
 

@@ -69,12 +69,19 @@ def _cmd_service(args: argparse.Namespace) -> int:
     elif args.command == "simulate":
         from roadwatch.services import simulator  # noqa: PLC0415
 
-        simulator.main(
+        return simulator.main(
             settings,
             vehicles=args.vehicles,
             seed=args.seed,
             duration_s=args.duration,
             speedup=args.speedup,
+            record=args.record,
+            dry_run=args.dry_run,
+            mode=args.mode,
+            connections=args.connections,
+            scenario=args.scenario,
+            network=args.network,
+            start_ms=args.start_ms,
         )
     return 0
 
@@ -173,11 +180,33 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(name, help=text).set_defaults(handler=_cmd_service)
 
-    simulate = sub.add_parser("simulate", help="drive simulated vehicles (a small demo)")
+    simulate = sub.add_parser("simulate", help="drive simulated vehicles on a road network")
     simulate.add_argument("--vehicles", type=int, default=40, help="number of vehicles")
     simulate.add_argument("--seed", type=int, default=1, help="random seed (same seed, same run)")
     simulate.add_argument("--duration", type=float, default=None, help="stop after N seconds")
-    simulate.add_argument("--speedup", type=float, default=1.0, help="simulated seconds per second")
+    simulate.add_argument(
+        "--speedup", type=_positive_float, default=1.0, help="simulated seconds per second"
+    )
+    simulate.add_argument("--record", type=Path, default=None, help="write the trace as JSONL")
+    simulate.add_argument(
+        "--dry-run", action="store_true", help="no MQTT: simulate (and record) flat out"
+    )
+    simulate.add_argument(
+        "--mode",
+        choices=("fleet", "vehicle"),
+        default="fleet",
+        help="publish with the fleet account, or connect each vehicle as itself",
+    )
+    simulate.add_argument("--connections", type=int, default=2, help="fleet-mode MQTT connections")
+    simulate.add_argument(
+        "--scenario",
+        default="demo",
+        help="demo, accident, jam, ... on the road network; circles: the network-free demo",
+    )
+    simulate.add_argument("--network", type=Path, default=None, help="GeoJSON road network")
+    simulate.add_argument(
+        "--start-ms", type=int, default=None, help="simulated start time, epoch ms (reproducible)"
+    )
     simulate.set_defaults(handler=_cmd_service)
 
     replay = sub.add_parser(

@@ -1,23 +1,421 @@
-"""The simulator service: publishes the demo traffic over MQTT with the fleet account."""
+"""The simulator service: drives simulated vehicles and publishes their CAMs and DENMs over MQTT.
+
+Fleet mode publishes with the fleet account over a few connections; vehicle mode connects each
+vehicle as itself, so the broker's per-vehicle ACL is exercised (SPEC §2).
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import math
+import secrets
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
+from typing import IO, Any, Protocol
 
 import orjson
 
-from roadwatch.adapters.mqtt import MqttEndpoint, MqttPublisher
-from roadwatch.services.status import StatusFile
+from roadwatch.adapters.mqtt import MqttEndpoint, MqttError, MqttPublisher
+from roadwatch.services.status import STATUS_INTERVAL_S, StatusFile
 from roadwatch.settings import Settings
-from roadwatch.simulation.demo import DemoTraffic
+from roadwatch.simulation.demo import DemoTraffic, Publication
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # CAMs at 1 Hz per vehicle
+DEFAULT_CONNECTIONS = 2
+# Each vehicle-mode connection is a paho client with its own network thread and a broker
+# account created by a mosquitto_passwd run: beyond a few hundred that is all overhead.
+MAX_VEHICLE_CONNECTIONS = 200
+# With no --duration, a faster-than-real-time run starts this much simulated time in the past,
+# and falls back to real time once its clock has caught up with the wall clock.
+DEFAULT_HORIZON_S = 3600.0
+LOG_EVERY_S = 5.0
+LIVE_EVERY_S = 1.0
+# The broker applies a password file reload asynchronously after SIGHUP.
+RELOAD_SETTLE_S = 0.3
+
+
+class Simulation(Protocol):
+    """What the service needs from a traffic simulation."""
+
+    def tick(self, dt_s: float) -> list[Publication]: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+    def ground_truth(self) -> list[dict[str, Any]]: ...
+
+
+class Sink(Protocol):
+    """Where encoded publications go."""
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SimulatorError(Exception):
+    """The simulator cannot run as asked."""
+
+
+class DemoSimulation:
+    """The demo traffic behind the `Simulation` interface."""
+
+    def __init__(self, vehicles: int, seed: int, start_ms: int) -> None:
+        self.traffic = DemoTraffic(vehicles, seed, start_ms)
+
+    def tick(self, dt_s: float) -> list[Publication]:
+        return self.traffic.tick(dt_s)
+
+    def counters(self) -> dict[str, int]:
+        return {"accidents": self.traffic.accidents}
+
+    def ground_truth(self) -> list[dict[str, Any]]:
+        return []
+
+
+DEFAULT_SCENARIO = "demo"
+# The original demo (vehicles circling the cathedral), kept as a scenario that needs no network.
+CIRCLES_SCENARIO = "circles"
+
+
+def make_simulation(
+    vehicles: int,
+    seed: int,
+    start_ms: int,
+    scenario: str = DEFAULT_SCENARIO,
+    network: Path | None = None,
+) -> Simulation:
+    """Build the simulation: a scenario of the city model on a road network, or the circles."""
+    if scenario == CIRCLES_SCENARIO:
+        return DemoSimulation(vehicles, seed, start_ms)
+    try:
+        # Imported by name: the circles run without the city model.
+        city: Any = importlib.import_module("roadwatch.simulation.city")
+    except ImportError as exc:
+        if scenario == DEFAULT_SCENARIO and network is None:
+            log.warning("city model unavailable (%s): simulating the circles demo", exc)
+            return DemoSimulation(vehicles, seed, start_ms)
+        raise SimulatorError(f"scenario {scenario!r} needs the city model: {exc}") from exc
+    from roadwatch.simulation.network import (  # noqa: PLC0415
+        REIMS_NETWORK_PATH,
+        InvalidNetwork,
+        load_network,
+    )
+
+    scenarios: Mapping[str, Callable[[], Any]] = city.SCENARIOS
+    if scenario not in scenarios:
+        known = ", ".join(sorted([*scenarios, CIRCLES_SCENARIO]))
+        raise SimulatorError(f"unknown scenario {scenario!r}; known: {known}")
+    try:
+        road_network = load_network(network or REIMS_NETWORK_PATH)
+    except (OSError, InvalidNetwork) as exc:
+        raise SimulatorError(f"cannot load road network {network}: {exc}") from exc
+    sim: Simulation = city.CitySimulation(
+        road_network, vehicles, seed, start_ms, scenarios[scenario]()
+    )
+    return sim
+
+
+def clock_lead_ms(duration_s: float | None, speedup: float) -> int:
+    """Return how far in the past a run must start so that no timestamp is ever in the future.
+
+    Simulated time runs `speedup` times faster than the wall clock, so after the run's
+    `duration_s / speedup` wall seconds it has gained `duration_s * (1 - 1/speedup)` seconds.
+    """
+    if speedup <= 1.0:
+        return 0
+    horizon_s = DEFAULT_HORIZON_S if duration_s is None else duration_s
+    return math.ceil(horizon_s * (1.0 - 1.0 / speedup) * 1000)
+
+
+@dataclass
+class Pacer:
+    """Maps simulated time to the wall-clock time at which it may be published."""
+
+    sim_start_ms: int
+    wall_start_ms: int
+    speedup: float
+
+    def due_ms(self, sim_ms: int) -> float:
+        """Return the wall-clock time (epoch ms) at which `sim_ms` is due.
+
+        Never before the timestamp itself, so that a clock that has caught up with real time
+        (an endless run with a speed-up) carries on at real time instead of running ahead.
+        """
+        if math.isinf(self.speedup):
+            return float(sim_ms)
+        scheduled = self.wall_start_ms + (sim_ms - self.sim_start_ms) / self.speedup
+        return max(scheduled, float(sim_ms))
+
+
+def trace_line(topic: str, qos: int, payload: bytes) -> bytes:
+    """Return one line of the replay trace format from an already encoded payload."""
+    return b'{"topic":%b,"qos":%d,"payload":%b}\n' % (orjson.dumps(topic), qos, payload)
+
+
+def station_of(topic: str) -> str:
+    """Return the station id of a `vehicles/{id}/...` topic."""
+    parts = topic.split("/", 2)
+    return parts[1] if len(parts) == 3 else ""
+
+
+class FleetSink:
+    """The fleet account over K connections; each vehicle always uses the same one."""
+
+    def __init__(self, settings: Settings, connections: int, run_tag: str) -> None:
+        self.publishers = [
+            MqttPublisher(
+                MqttEndpoint(
+                    host=settings.mqtt_host,
+                    port=settings.mqtt_port,
+                    username=settings.mqtt_fleet_user,
+                    password=settings.mqtt_fleet_password.get_secret_value(),
+                    client_id=f"roadwatch-sim-{run_tag}-{n}",
+                )
+            )
+            for n in range(max(1, connections))
+        ]
+        # Keeping a vehicle on one connection keeps its messages in order (MQTT orders per
+        # connection only).
+        self._route: dict[str, MqttPublisher] = {}
+
+    def start(self) -> None:
+        started: list[MqttPublisher] = []
+        try:
+            for publisher in self.publishers:
+                publisher.start()
+                started.append(publisher)
+        except MqttError:
+            for publisher in started:
+                publisher.stop()
+            raise
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        station = station_of(topic)
+        publisher = self._route.get(station)
+        if publisher is None:
+            publisher = self.publishers[len(self._route) % len(self.publishers)]
+            self._route[station] = publisher
+        publisher.publish(topic, payload, qos)
+
+    def close(self) -> None:
+        for publisher in self.publishers:
+            publisher.stop()
+
+
+Provisioner = Callable[[Mapping[str, str]], None]
+
+
+def mosquitto_provisioner(settings: Settings) -> Provisioner:
+    """Return a function creating vehicle accounts in the native broker's password file."""
+    from roadwatch.runner.mosquitto import Mosquitto  # noqa: PLC0415
+    from roadwatch.runner.process import RunLayout, RunnerError  # noqa: PLC0415
+
+    broker = Mosquitto(settings, RunLayout(settings.run_dir))
+
+    def provision(accounts: Mapping[str, str]) -> None:
+        if not broker.passwd_file.exists():
+            raise SimulatorError(
+                f"no broker password file at {broker.passwd_file}: vehicle mode provisions "
+                "accounts in the native broker started by `make up`"
+            )
+        try:
+            for station, password in accounts.items():
+                broker.set_password(station, password)
+        except RunnerError as exc:
+            raise SimulatorError(f"cannot provision vehicle accounts: {exc}") from exc
+        broker.reload()
+        time.sleep(RELOAD_SETTLE_S)
+
+    return provision
+
+
+@dataclass
+class VehicleSink:
+    """One connection per vehicle, authenticated as that vehicle (SPEC §2 ACL)."""
+
+    settings: Settings
+    provision: Provisioner
+    limit: int = MAX_VEHICLE_CONNECTIONS
+    publishers: dict[str, MqttPublisher] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)
+
+    def prepare(self, stations: Iterable[str]) -> None:
+        """Provision and connect the vehicles not seen yet, in one broker reload."""
+        new = [s for s in dict.fromkeys(stations) if s not in self.publishers and s]
+        new = [s for s in new if s not in self.skipped]
+        room = self.limit - len(self.publishers)
+        if len(new) > room:
+            self.skipped.update(new[max(0, room) :])
+            log.warning(
+                "vehicle mode is capped at %d connections: %d vehicles muted",
+                self.limit,
+                len(self.skipped),
+            )
+            new = new[: max(0, room)]
+        if not new:
+            return
+        accounts = {station: secrets.token_urlsafe(18) for station in new}
+        self.provision(accounts)
+        for station, password in accounts.items():
+            publisher = MqttPublisher(
+                MqttEndpoint(
+                    host=self.settings.mqtt_host,
+                    port=self.settings.mqtt_port,
+                    username=station,
+                    password=password,
+                    client_id=station,
+                )
+            )
+            publisher.start()
+            self.publishers[station] = publisher
+        log.info("%d vehicles connected as themselves", len(self.publishers))
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        publisher = self.publishers.get(station_of(topic))
+        if publisher is not None:
+            publisher.publish(topic, payload, qos)
+
+    def close(self) -> None:
+        for publisher in self.publishers.values():
+            publisher.stop()
+
+
+class NullSink:
+    """Publishes nothing: dry runs."""
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Summary:
+    """What a run did."""
+
+    vehicles: int
+    messages: int = 0
+    ticks: int = 0
+    elapsed_s: float = 0.0
+    sim_seconds: float = 0.0
+    events: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def describe(self) -> str:
+        events = ", ".join(f"{k} {v}" for k, v in sorted(self.events.items())) or "none"
+        return (
+            f"{self.vehicles} vehicles, {self.messages} messages in {self.elapsed_s:.1f} s "
+            f"({self.rate:,.0f} msg/s, {self.sim_seconds:.0f} simulated s); events: {events}"
+        )
+
+
+class Progress:
+    """Reports progress: a live line on a terminal, log lines otherwise, and the status file."""
+
+    def __init__(self, summary: Summary, status: StatusFile | None, stream: IO[str] | None) -> None:
+        self.summary = summary
+        self.status = status
+        self.live = stream if stream is not None and stream.isatty() else None
+        self._last_at = time.monotonic()
+        self._last_messages = 0
+        self._status_at = 0.0
+        self.rate = 0.0
+
+    def update(self, events: Mapping[str, int], force: bool = False) -> None:
+        now = time.monotonic()
+        every = LIVE_EVERY_S if self.live is not None else LOG_EVERY_S
+        if self.status is not None and (force or now - self._status_at >= STATUS_INTERVAL_S):
+            self._status_at = now
+            self.status.write(
+                "ready",
+                {
+                    "vehicles": self.summary.vehicles,
+                    "published": self.summary.messages,
+                    "msg_per_s": round(self.rate),
+                    **events,
+                },
+            )
+        if not force and now - self._last_at < every:
+            return
+        self.rate = (self.summary.messages - self._last_messages) / max(now - self._last_at, 1e-9)
+        self._last_at, self._last_messages = now, self.summary.messages
+        text = ", ".join(f"{k} {v}" for k, v in sorted(events.items())) or "none"
+        line = (
+            f"{self.summary.vehicles} vehicles  {self.rate:8,.0f} msg/s  "
+            f"{self.summary.messages:,} messages  events: {text}"
+        )
+        if self.live is not None:
+            self.live.write(f"\r\x1b[K{line}")
+            self.live.flush()
+        else:
+            log.info("%s", line)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.write("\n")
+            self.live.flush()
+
+
+def run(
+    simulation: Simulation,
+    sink: Sink,
+    *,
+    vehicles: int,
+    duration_s: float | None,
+    pacer: Pacer | None,
+    stop: threading.Event,
+    record: IO[bytes] | None = None,
+    prepare: Callable[[Iterable[str]], None] | None = None,
+    progress: Callable[[Summary], Progress] | None = None,
+    tick_s: float = TICK_S,
+) -> Summary:
+    """Tick the simulation and send what it publishes, paced by `pacer` (None: flat out)."""
+    summary = Summary(vehicles=vehicles)
+    reporter = progress(summary) if progress is not None else None
+    started = time.monotonic()
+    sim_ms = pacer.sim_start_ms if pacer is not None else 0
+    try:
+        while not stop.is_set():
+            if duration_s is not None and summary.sim_seconds >= duration_s:
+                break
+            publications = simulation.tick(tick_s)
+            sim_ms += round(tick_s * 1000)
+            summary.ticks += 1
+            summary.sim_seconds += tick_s
+            if pacer is not None:
+                wait_s = (pacer.due_ms(sim_ms) - time.time() * 1000) / 1000
+                if wait_s > 0 and stop.wait(wait_s):
+                    break
+            if prepare is not None:
+                prepare(station_of(topic) for topic, _, _ in publications)
+            for topic, payload, qos in publications:
+                data = orjson.dumps(payload)
+                if record is not None:
+                    record.write(trace_line(topic, qos, data))
+                sink.publish(topic, data, qos)
+            summary.messages += len(publications)
+            if reporter is not None:
+                reporter.update(simulation.counters())
+    finally:
+        summary.elapsed_s = time.monotonic() - started
+        summary.events = simulation.counters()
+        if reporter is not None:
+            reporter.update(summary.events, force=True)
+            reporter.close()
+    return summary
 
 
 def main(
@@ -26,7 +424,15 @@ def main(
     seed: int = 1,
     duration_s: float | None = None,
     speedup: float = 1.0,
-) -> None:
+    *,
+    record: Path | None = None,
+    dry_run: bool = False,
+    mode: str = "fleet",
+    connections: int = DEFAULT_CONNECTIONS,
+    scenario: str = DEFAULT_SCENARIO,
+    network: Path | None = None,
+    start_ms: int | None = None,
+) -> int:
     """Entry point of `roadwatch simulate`: run until stopped or for `duration_s`."""
     stop = threading.Event()
 
@@ -36,37 +442,67 @@ def main(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    publisher = MqttPublisher(
-        MqttEndpoint(
-            host=settings.mqtt_host,
-            port=settings.mqtt_port,
-            username=settings.mqtt_fleet_user,
-            password=settings.mqtt_fleet_password.get_secret_value(),
-        )
-    )
-    publisher.start()
-    # Start in the past when running faster than real time, so that the simulated clock
-    # never runs ahead of the gateway's (SPEC §2 refuses timestamps from the future).
-    lead_ms = round((duration_s or 0) * (speedup - 1) * 1000) if speedup > 1 else 0
-    traffic = DemoTraffic(vehicles, seed, round(time.time() * 1000) - lead_ms)
-    status = StatusFile(settings.run_dir, "simulator")
-    published = 0
-    started = time.monotonic()
-    log.info("simulating %d vehicles (seed %d, speed-up %.1f)", vehicles, seed, speedup)
+    now_ms = round(time.time() * 1000)
+    # A dry run goes flat out, so the whole of it must lie in the past.
+    lead_ms = math.ceil((duration_s or 0) * 1000) if dry_run else clock_lead_ms(duration_s, speedup)
+    sim_start = now_ms - lead_ms if start_ms is None else start_ms
     try:
-        while not stop.is_set():
-            for topic, payload, qos in traffic.tick(TICK_S):
-                publisher.publish(topic, orjson.dumps(payload), qos)
-                published += 1
-            status.write(
-                "ready",
-                {"vehicles": vehicles, "published": published, "accidents": traffic.accidents},
+        simulation = make_simulation(vehicles, seed, sim_start, scenario, network)
+    except SimulatorError as exc:
+        log.error("%s", exc)
+        return 2
+    pacer = None if dry_run else Pacer(sim_start, now_ms, speedup)
+
+    sink: Sink
+    prepare: Callable[[Iterable[str]], None] | None = None
+    if dry_run:
+        sink = NullSink()
+    elif mode == "vehicle":
+        if vehicles > MAX_VEHICLE_CONNECTIONS:
+            log.warning(
+                "vehicle mode connects at most %d vehicles; use fleet mode for more",
+                MAX_VEHICLE_CONNECTIONS,
             )
-            elapsed = time.monotonic() - started
-            if duration_s is not None and elapsed * speedup >= duration_s:
-                break
-            stop.wait(TICK_S / speedup)
+        vehicle_sink = VehicleSink(settings, mosquitto_provisioner(settings))
+        sink, prepare = vehicle_sink, vehicle_sink.prepare
+    else:
+        fleet = FleetSink(settings, connections, secrets.token_hex(3))
+        try:
+            fleet.start()
+        except MqttError as exc:
+            log.error("%s", exc)
+            return 1
+        sink = fleet
+
+    status = StatusFile(settings.run_dir, "simulator")
+    log.info(
+        "simulating %d vehicles, scenario %s (seed %d, speed-up %g, %s)",
+        vehicles,
+        scenario,
+        seed,
+        speedup,
+        "dry run" if dry_run else f"{mode} mode",
+    )
+    out = record.open("wb") if record is not None else None
+    try:
+        summary = run(
+            simulation,
+            sink,
+            vehicles=vehicles,
+            duration_s=duration_s,
+            pacer=pacer,
+            stop=stop,
+            record=out,
+            prepare=prepare,
+            progress=lambda s: Progress(s, status, sys.stderr),
+        )
+    except (MqttError, SimulatorError) as exc:
+        log.error("%s", exc)
+        return 1
     finally:
-        publisher.stop()
+        if out is not None:
+            out.close()
+        sink.close()
         status.remove()
-    log.info("simulator stopped: %d messages, %d accidents", published, traffic.accidents)
+    log.info("simulator stopped: %s", summary.describe())
+    return 0

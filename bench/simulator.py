@@ -1,0 +1,126 @@
+"""Vehicles and messages/s the simulator sustains: dry run, then through the `make up` broker."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from roadwatch.adapters.mqtt import MqttError
+from roadwatch.services.simulator import (
+    CIRCLES_SCENARIO,
+    DEFAULT_CONNECTIONS,
+    DEFAULT_SCENARIO,
+    FleetSink,
+    NullSink,
+    Pacer,
+    Sink,
+    Summary,
+    make_simulation,
+    run,
+)
+from roadwatch.settings import Settings, load_settings
+
+VEHICLES = 10_000
+DRY_RUN_S = 60.0  # simulated seconds, flat out
+REAL_TIME_S = 10.0  # wall seconds at 1 Hz, real time
+FLAT_OUT_S = 20.0  # simulated seconds, flat out through the broker
+DRAIN_TIMEOUT_S = 60.0
+
+
+def _broker_reachable(settings: Settings) -> bool:
+    try:
+        with socket.create_connection((settings.mqtt_host, settings.mqtt_port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _drain(sink: FleetSink) -> None:
+    """Wait until every queued message has left: a QoS 1 message is acknowledged after them."""
+    for n, publisher in enumerate(sink.publishers):
+        publisher.publish(f"vehicles/bench-drain-{n}/cam", b"{}", 1).wait_for_publish(
+            DRAIN_TIMEOUT_S
+        )
+
+
+def _run(
+    sink: Sink,
+    duration_s: float,
+    paced: bool,
+    record: bool = False,
+    scenario: str = DEFAULT_SCENARIO,
+) -> Summary:
+    start_ms = round(time.time() * 1000) - round(duration_s * 1000)
+    simulation = make_simulation(VEHICLES, 1, start_ms, scenario)
+    pacer = Pacer(start_ms, round(time.time() * 1000), 1.0) if paced else None
+    with tempfile.TemporaryDirectory() as folder:
+        out = (Path(folder) / "trace.jsonl").open("wb") if record else None
+        try:
+            return run(
+                simulation,
+                sink,
+                vehicles=VEHICLES,
+                duration_s=duration_s,
+                pacer=pacer,
+                stop=threading.Event(),
+                record=out,
+            )
+        finally:
+            if out is not None:
+                out.close()
+
+
+def main() -> None:
+    for scenario in (CIRCLES_SCENARIO, DEFAULT_SCENARIO):
+        summary = _run(NullSink(), DRY_RUN_S, paced=False, scenario=scenario)
+        print(
+            f"simulator dry run, {scenario:8} {VEHICLES} vehicles, {summary.rate:9,.0f} msg/s "
+            f"({summary.messages / DRY_RUN_S:,.0f} msg per simulated s; JSON only)"
+        )
+    summary = _run(NullSink(), DRY_RUN_S, paced=False, record=True)
+    print(
+        f"simulator dry run + trace: {VEHICLES} vehicles, {summary.rate:9,.0f} msg/s "
+        f"({DEFAULT_SCENARIO}, JSONL written)"
+    )
+    settings = load_settings()
+    if not _broker_reachable(settings):
+        print(
+            f"simulator publishing:    skipped, no broker at {settings.mqtt_host}:"
+            f"{settings.mqtt_port} (start it with `make up`)"
+        )
+        return
+    sink = FleetSink(settings, DEFAULT_CONNECTIONS, f"bench{time.time_ns() % 100_000}")
+    try:
+        sink.start()
+    except MqttError as exc:
+        print(f"simulator publishing:    skipped, {exc}")
+        return
+    try:
+        summary = _run(sink, REAL_TIME_S, paced=True)
+        started = time.monotonic()
+        _drain(sink)
+        wall_s = summary.elapsed_s + time.monotonic() - started
+        rate = summary.messages / wall_s
+        verdict = "kept up" if wall_s < REAL_TIME_S + 1.0 else "FELL BEHIND"
+        print(
+            f"simulator 1 Hz, fleet:     {VEHICLES} vehicles, {rate:9,.0f} msg/s, "
+            f"{REAL_TIME_S:.0f} s of traffic sent in {wall_s:.2f} s ({verdict})"
+        )
+        summary = _run(sink, FLAT_OUT_S, paced=False)
+        started = time.monotonic()
+        _drain(sink)
+        wall_s = summary.elapsed_s + time.monotonic() - started
+        rate = summary.messages / wall_s
+        print(
+            f"simulator flat out, fleet: {VEHICLES} vehicles, {rate:9,.0f} msg/s "
+            f"into the broker ({DEFAULT_CONNECTIONS} connections, {DEFAULT_SCENARIO})"
+        )
+    finally:
+        sink.close()
+
+
+if __name__ == "__main__":
+    main()
