@@ -48,18 +48,24 @@ def wait_for_ground_truth(
     *,
     expected: list[dict[str, Any]] | None = None,
     stations: set[str] | None = None,
+    types: set[str] | None = None,
     timeout_s: float = 30.0,
 ) -> list[dict[str, Any]]:
     """Poll MySQL until the scenario's events are exactly the expected ones; return them."""
     expected = expected_events(name) if expected is None else expected
     stations = scenario_stations(name) if stations is None else stations
     deadline = time.monotonic() + timeout_s
+
+    def current() -> list[dict[str, Any]]:
+        rows = stored_events(settings, stations)
+        return rows if types is None else [row for row in rows if row["type"] in types]
+
     while True:
-        stored = stored_events(settings, stations)
+        stored = current()
         problems = mismatches(expected, stored)
         if not problems:
             time.sleep(SETTLE_S)
-            stored = stored_events(settings, stations)
+            stored = current()
             problems = mismatches(expected, stored)
             if not problems:
                 return stored
