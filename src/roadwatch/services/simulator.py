@@ -25,7 +25,8 @@ import orjson
 from roadwatch.adapters.mqtt import MqttEndpoint, MqttError, MqttPublisher
 from roadwatch.services.status import STATUS_INTERVAL_S, StatusFile
 from roadwatch.settings import Settings
-from roadwatch.simulation.demo import DemoTraffic, Publication
+from roadwatch.simulation.cam import Publication
+from roadwatch.simulation.demo import DemoTraffic
 
 log = logging.getLogger(__name__)
 

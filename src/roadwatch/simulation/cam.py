@@ -86,3 +86,30 @@ def cam_payload(  # noqa: PLR0917
         # Rounding 359.96 gives 360.0; north is written as 0.
         "heading": 0.0 if heading >= 360.0 else heading,
     }
+
+
+Publication = tuple[str, dict[str, Any], int]  # topic, payload, QoS
+
+
+def denm_publication(
+    station_id: str,
+    station_type: int,
+    t_ms: int,
+    lat: float,
+    lon: float,
+    *,
+    cause: int,
+    termination: str | None = None,
+) -> Publication:
+    """Return a SPEC §2 DENM on its topic, at QoS 1 as the contract asks."""
+    payload: dict[str, Any] = {
+        "stationId": station_id,
+        "stationType": station_type,
+        "timestamp": t_ms,
+        "lat": round(lat, 7),
+        "lon": round(lon, 7),
+        "causeCode": cause,
+    }
+    if termination is not None:
+        payload["termination"] = termination
+    return f"vehicles/{station_id}/denm", payload, 1

@@ -8,11 +8,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from roadwatch.domain.geo import destination, haversine_m
-from roadwatch.simulation.cam import CamTrigger, cam_payload
+from roadwatch.simulation.cam import CamTrigger, Publication, cam_payload, denm_publication
 from roadwatch.simulation.network import Edge, RoadNetwork
 from roadwatch.simulation.vehicles import EdgeLike, Traffic, Vehicle, VehicleKind
-
-Publication = tuple[str, dict[str, Any], int]  # topic, payload, QoS
 
 # Longest physics step: car following and CAM triggering stay smooth at 2 Hz or finer.
 MAX_SUBSTEP_S = 0.5
@@ -145,17 +143,9 @@ class CitySimulation:
         termination: str | None = None,
     ) -> Publication:
         """Return a SPEC §2 DENM stamped with the simulated clock."""
-        payload: dict[str, Any] = {
-            "stationId": station_id,
-            "stationType": station_type,
-            "timestamp": self.now_ms,
-            "lat": round(lat, 7),
-            "lon": round(lon, 7),
-            "causeCode": cause,
-        }
-        if termination is not None:
-            payload["termination"] = termination
-        return f"vehicles/{station_id}/denm", payload, 1
+        return denm_publication(
+            station_id, station_type, self.now_ms, lat, lon, cause=cause, termination=termination
+        )
 
     def counters(self) -> dict[str, int]:
         """Return vehicles on the network, CAMs and DENMs sent, scenario events injected."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
+
+from roadwatch.simulation.cam import Publication, denm_publication
 
 # Reims cathedral; the demo's loops are centred on it.
 CENTRE_LAT = 49.2536
@@ -42,9 +43,6 @@ class DemoVehicle:
     def heading(self) -> float:
         bearing = math.degrees(self.angle_rad) + (-90.0 if self.clockwise else 90.0)
         return bearing % 360.0
-
-
-Publication = tuple[str, dict[str, Any], int]  # topic, payload, QoS
 
 
 class DemoTraffic:
@@ -132,14 +130,6 @@ class DemoTraffic:
         cause: int,
         termination: str | None = None,
     ) -> Publication:
-        payload: dict[str, Any] = {
-            "stationId": station_id,
-            "stationType": station_type,
-            "timestamp": self.now_ms,
-            "lat": round(lat, 7),
-            "lon": round(lon, 7),
-            "causeCode": cause,
-        }
-        if termination:
-            payload["termination"] = termination
-        return f"vehicles/{station_id}/denm", payload, 1
+        return denm_publication(
+            station_id, station_type, self.now_ms, lat, lon, cause=cause, termination=termination
+        )
