@@ -8,13 +8,13 @@ from typing import Any
 import httpx
 import pytest
 
-from roadwatch.adapters.mysql.connection import connect
 from roadwatch.adapters.mysql.store import EventStore
 from roadwatch.domain.events import Event, EventStatus, EventType, new_event_id
 from roadwatch.runner.mariadb import MariaDB
 from roadwatch.runner.process import free_port
 from roadwatch.settings import Settings
 from tests.integration.api_server import serve
+from tests.integration.db import clear_events
 
 pytestmark = pytest.mark.integration
 
@@ -52,13 +52,7 @@ def seed_events() -> list[Event]:
 
 @pytest.fixture(scope="module")
 def events(mariadb: MariaDB, test_settings: Settings) -> list[Event]:
-    conn = connect(test_settings, autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("DELETE FROM event_stations")
-            cur.execute("DELETE FROM events")
-    finally:
-        conn.close()
+    clear_events(test_settings)
     seeded = seed_events()
     with EventStore.connect(test_settings) as store:
         assert len(store.upsert(seeded)) == len(seeded)

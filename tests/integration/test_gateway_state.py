@@ -26,7 +26,6 @@ import pymysql
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from roadwatch.adapters.mysql.connection import connect
 from roadwatch.adapters.mysql.zones import ZoneStore
 from roadwatch.domain.detector import Detector
 from roadwatch.domain.events import Event, EventType
@@ -42,6 +41,8 @@ if TYPE_CHECKING:
     from roadwatch.runner.mosquitto import Mosquitto
     from roadwatch.runner.prosody import Prosody
     from roadwatch.settings import Settings
+
+from tests.integration.db import reset_zones
 
 pytestmark = pytest.mark.integration
 
@@ -77,17 +78,6 @@ def square_zone(zone_id: str) -> Zone:
 def zones_unseeded(settings: Settings) -> bool:
     with ZoneStore.connect(settings) as store:
         return store.revision() == 0
-
-
-def reset_zones(settings: Settings) -> None:
-    """Put the zones table back as the tests found it: empty and never seeded."""
-    conn = connect(settings, autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("DELETE FROM zones")
-            cur.execute("UPDATE zone_revision SET revision = 0 WHERE id = 1")
-    finally:
-        conn.close()
 
 
 def end_gateway_session(settings: Settings) -> None:

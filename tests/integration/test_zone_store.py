@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from roadwatch.adapters.mysql.connection import StoreUnavailable, connect
+from roadwatch.adapters.mysql.connection import StoreUnavailable
 from roadwatch.adapters.mysql.store import EventStore
 from roadwatch.adapters.mysql.zones import Occupant, ZoneExists, ZoneStore
 from roadwatch.domain.events import Event, EventStatus, EventType, new_event_id
@@ -16,6 +16,7 @@ from roadwatch.domain.zones import Zone, zone_from_feature
 from roadwatch.runner.mariadb import MariaDB
 from roadwatch.runner.process import free_port
 from roadwatch.settings import Settings
+from tests.integration.db import clear_events, reset_zones
 
 pytestmark = pytest.mark.integration
 
@@ -41,27 +42,6 @@ def square_feature(
 
 def make_zone(zone_id: str, name: str | None = None, **kwargs: Any) -> Zone:
     return zone_from_feature(square_feature(zone_id, name, **kwargs))
-
-
-def reset_zones(settings: Settings) -> None:
-    """Empty the zones and put the counter back to "never seeded nor edited"."""
-    conn = connect(settings, autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("DELETE FROM zones")
-            cur.execute("UPDATE zone_revision SET revision = 0 WHERE id = 1")
-    finally:
-        conn.close()
-
-
-def clear_events(settings: Settings) -> None:
-    conn = connect(settings, autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("DELETE FROM event_stations")
-            cur.execute("DELETE FROM events")
-    finally:
-        conn.close()
 
 
 def zone_event(kind: EventType, station: str, zone_id: str, t_s: int) -> Event:

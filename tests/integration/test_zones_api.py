@@ -25,11 +25,10 @@ from roadwatch.services.api.app import MAX_BODY_BYTES
 from roadwatch.services.zone_sync import ZoneSync
 from roadwatch.settings import Settings
 from tests.integration.api_server import serve
+from tests.integration.db import clear_events, reset_zones
 from tests.integration.test_zone_store import (
     BASE_MS,
-    clear_events,
     make_zone,
-    reset_zones,
     square_feature,
     zone_event,
 )
