@@ -7,9 +7,10 @@ import time
 import pytest
 
 from roadwatch.domain.accident import AccidentDetector, AccidentRules
-from roadwatch.domain.events import Event, EventStatus, EventType, new_event_id
+from roadwatch.domain.events import EventStatus, EventType, new_event_id
 from roadwatch.domain.geo import destination, haversine_m
 from roadwatch.domain.messages import Denm, Termination
+from tests.unit.report_feed import Feed as ReportFeed
 
 T0 = 1_700_000_000_000
 LAT, LON = 48.8566, 2.3522
@@ -33,36 +34,20 @@ def near(metres: float, bearing: float = 90.0) -> tuple[float, float]:
     return destination(LAT, LON, bearing, metres)
 
 
-class Feed:
-    """Drive an AccidentDetector the way Detector does: the clock is the newest timestamp."""
-
-    def __init__(self, rules: AccidentRules | None = None) -> None:
-        self.detector = AccidentDetector(rules)
-        self.clock = 0
-        self.events: list[Event] = []
-
-    def send(self, message: Denm) -> list[Event]:
-        self.clock = max(self.clock, message.timestamp_ms)
-        produced = self.detector.handle(message, self.clock)
-        self.events.extend(produced)
-        return produced
-
-    def tick(self, t: int) -> list[Event]:
-        self.clock = max(self.clock, t)
-        produced = self.detector.expire(self.clock)
-        self.events.extend(produced)
-        return produced
+def new_feed(rules: AccidentRules | None = None) -> ReportFeed[AccidentDetector]:
+    """Drive an AccidentDetector with the newest timestamp as the clock."""
+    return ReportFeed(AccidentDetector(rules), AccidentDetector.handle)
 
 
 def test_a_single_car_report_raises_nothing_and_waits() -> None:
-    feed = Feed()
+    feed = new_feed()
     assert feed.send(denm("a", T0)) == []
     assert feed.detector.pending_count == 1
     assert feed.detector.active_events() == []
 
 
 def test_two_cars_near_each_other_raise_one_accident_with_the_spec_fields() -> None:
-    feed = Feed()
+    feed = new_feed()
     lat_b, lon_b = near(120)
     feed.send(denm("b-car", T0))
     [event] = feed.send(denm("a-car", T0 + 3 * MINUTE, lat_b, lon_b))
@@ -82,20 +67,20 @@ def test_two_cars_near_each_other_raise_one_accident_with_the_spec_fields() -> N
 
 
 def test_reports_exactly_ten_minutes_apart_still_pair() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     assert len(feed.send(denm("b", T0 + 10 * MINUTE))) == 1
 
 
 def test_reports_more_than_ten_minutes_apart_do_not_pair() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     assert feed.send(denm("b", T0 + 10 * MINUTE + 1)) == []
     assert feed.detector.pending_count == 1  # only b waits now
 
 
 def test_a_repeated_report_keeps_a_single_station_waiting_longer() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     feed.send(denm("a", T0 + 8 * MINUTE))
     assert feed.detector.pending_count == 1
@@ -103,7 +88,7 @@ def test_a_repeated_report_keeps_a_single_station_waiting_longer() -> None:
 
 
 def test_the_same_station_twice_is_not_two_reporters() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     assert feed.send(denm("a", T0 + 1000)) == []
     assert feed.detector.active_events() == []
@@ -111,7 +96,7 @@ def test_the_same_station_twice_is_not_two_reporters() -> None:
 
 @pytest.mark.parametrize("station_type", [EMERGENCY, ROAD_OPERATOR])
 def test_one_trusted_station_raises_alone(station_type: int) -> None:
-    feed = Feed()
+    feed = new_feed()
     [event] = feed.send(denm("rsu-1", T0, station_type=station_type))
     assert event.station_ids == ("rsu-1",)
     assert event.details == {"reporter_count": 1}
@@ -120,17 +105,17 @@ def test_one_trusted_station_raises_alone(station_type: int) -> None:
 
 @pytest.mark.parametrize("station_type", [0, CAR, BUS, 8])
 def test_one_untrusted_station_type_does_not_raise_alone(station_type: int) -> None:
-    assert Feed().send(denm("x", T0, station_type=station_type)) == []
+    assert new_feed().send(denm("x", T0, station_type=station_type)) == []
 
 
 def test_trusted_station_types_are_configurable() -> None:
-    feed = Feed(AccidentRules(trusted_station_types=frozenset({BUS})))
+    feed = new_feed(AccidentRules(trusted_station_types=frozenset({BUS})))
     assert len(feed.send(denm("bus-1", T0, station_type=BUS))) == 1
     assert feed.send(denm("amb-1", T0, LAT + 1, station_type=EMERGENCY)) == []
 
 
 def test_trusted_report_takes_in_waiting_reports_nearby() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0, *near(50)))
     [event] = feed.send(denm("amb", T0 + MINUTE, station_type=EMERGENCY))
     assert event.station_ids == ("a", "amb")
@@ -138,7 +123,7 @@ def test_trusted_report_takes_in_waiting_reports_nearby() -> None:
 
 
 def test_a_new_reporter_updates_the_accident_to_the_next_version() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     [first] = feed.send(denm("b", T0 + 1000, *near(100)))
     lat_c, lon_c = near(150, bearing=0)
@@ -156,7 +141,7 @@ def test_a_new_reporter_updates_the_accident_to_the_next_version() -> None:
 
 
 def test_a_later_report_near_an_accident_joins_it_even_after_the_window() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     feed.send(denm("b", T0 + 1000))
     [update] = feed.send(denm("c", T0 + 25 * MINUTE, *near(190)))
@@ -165,7 +150,7 @@ def test_a_later_report_near_an_accident_joins_it_even_after_the_window() -> Non
 
 
 def test_repeat_reports_from_a_reporter_emit_nothing() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     feed.send(denm("b", T0 + 1000))
     assert feed.send(denm("a", T0 + 2000)) == []
@@ -173,7 +158,7 @@ def test_repeat_reports_from_a_reporter_emit_nothing() -> None:
 
 
 def test_a_report_beyond_the_radius_of_an_accident_starts_its_own() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     feed.send(denm("b", T0 + 1000))
     far = near(1000)
@@ -184,7 +169,7 @@ def test_a_report_beyond_the_radius_of_an_accident_starts_its_own() -> None:
 
 
 def test_a_trusted_termination_near_the_accident_clears_it() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     [raised] = feed.send(denm("b", T0 + 1000))
     [cleared] = feed.send(
@@ -207,7 +192,7 @@ def test_a_trusted_termination_near_the_accident_clears_it() -> None:
 
 
 def test_a_trusted_termination_far_away_changes_nothing() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     feed.send(denm("b", T0 + 1000))
     far = near(500)
@@ -223,7 +208,7 @@ def test_a_trusted_termination_far_away_changes_nothing() -> None:
 
 
 def test_an_untrusted_stranger_cannot_clear_an_accident() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     feed.send(denm("b", T0 + 1000))
     for termination in Termination:
@@ -232,7 +217,7 @@ def test_an_untrusted_stranger_cannot_clear_an_accident() -> None:
 
 
 def test_every_reporter_cancelling_clears_the_accident() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     feed.send(denm("b", T0 + 1000))
     [partial] = feed.send(denm("a", T0 + 2000, termination=Termination.CANCELLATION))
@@ -249,7 +234,7 @@ def test_every_reporter_cancelling_clears_the_accident() -> None:
 
 
 def test_a_cancelled_waiting_report_can_no_longer_pair() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     feed.send(denm("a", T0 + 1000, termination=Termination.CANCELLATION))
     assert feed.detector.pending_count == 0
@@ -257,7 +242,7 @@ def test_a_cancelled_waiting_report_can_no_longer_pair() -> None:
 
 
 def test_a_trusted_negation_also_discards_waiting_reports_nearby() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     feed.send(
         denm(
@@ -272,7 +257,7 @@ def test_a_trusted_negation_also_discards_waiting_reports_nearby() -> None:
 
 
 def test_an_accident_expires_thirty_minutes_after_its_last_report() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     [raised] = feed.send(denm("b", T0 + 1000))
     assert feed.tick(T0 + 1000 + 30 * MINUTE - 1) == []
@@ -285,7 +270,7 @@ def test_an_accident_expires_thirty_minutes_after_its_last_report() -> None:
 
 
 def test_a_refreshing_report_postpones_expiry() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     feed.send(denm("b", T0 + 1000))
     feed.send(denm("a", T0 + 20 * MINUTE))
@@ -295,14 +280,14 @@ def test_a_refreshing_report_postpones_expiry() -> None:
 
 
 def test_expiry_is_reported_with_its_own_time_even_when_noticed_late() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("amb", T0, station_type=EMERGENCY))
     [expired] = feed.tick(T0 + 5 * 60 * MINUTE)
     assert expired.ended_ms == T0 + 30 * MINUTE
 
 
 def test_after_expiry_a_new_report_starts_a_new_accident() -> None:
-    feed = Feed()
+    feed = new_feed()
     [first] = feed.send(denm("amb", T0, station_type=EMERGENCY))
     events = feed.send(denm("amb", T0 + 31 * MINUTE, station_type=EMERGENCY))
     assert [(e.id, e.status) for e in events] == [
@@ -312,13 +297,13 @@ def test_after_expiry_a_new_report_starts_a_new_accident() -> None:
 
 
 def test_a_report_already_older_than_the_expiry_raises_nothing() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.tick(T0 + 40 * MINUTE)
     assert feed.send(denm("amb", T0, station_type=EMERGENCY)) == []
 
 
 def test_accidents_across_the_antimeridian_are_one() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0, -16.5, 179.9995))
     [event] = feed.send(denm("b", T0 + 1000, -16.5, -179.9995))
     assert haversine_m(-16.5, 179.9995, -16.5, -179.9995) < 200
@@ -333,7 +318,7 @@ def test_invalid_rules_are_refused() -> None:
 
 
 def test_thousands_of_waiting_reports_do_not_slow_each_report_down() -> None:
-    feed = Feed()
+    feed = new_feed()
     count = 20_000
     started = time.perf_counter()
     for i in range(count):
@@ -348,7 +333,7 @@ def test_thousands_of_waiting_reports_do_not_slow_each_report_down() -> None:
 
 
 def test_a_replayed_report_cannot_raise_the_same_accident_twice() -> None:
-    feed = Feed()
+    feed = new_feed()
     [raised] = feed.send(denm("amb", T0, station_type=EMERGENCY))
     feed.send(denm("amb", T0 + 1, station_type=EMERGENCY, termination=Termination.NEGATION))
     assert feed.send(denm("amb", T0, station_type=EMERGENCY)) == []
@@ -357,7 +342,7 @@ def test_a_replayed_report_cannot_raise_the_same_accident_twice() -> None:
 
 @pytest.mark.parametrize(("metres", "raised"), [(199.0, True), (200.0, True), (201.0, False)])
 def test_two_reporters_pair_only_within_the_radius(metres: float, raised: bool) -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("first", T0))
     lat_b, lon_b = near(metres, bearing=37.0)
     events = feed.send(denm("second", T0 + MINUTE, lat_b, lon_b))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from roadwatch.domain.events import Event, EventStatus, EventType
+from roadwatch.domain.events import EventStatus, EventType
 from roadwatch.domain.geo import destination, haversine_m
 from roadwatch.domain.hazard import CAUSE_NAMES, HazardDetector, HazardRules, cause_name
 from roadwatch.domain.messages import Denm, Termination
+from tests.unit.report_feed import Feed as ReportFeed
 
 T0 = 1_700_000_000_000
 LAT, LON = 49.27, 4.05
@@ -35,29 +36,13 @@ def near(metres: float, bearing: float = 90.0) -> tuple[float, float]:
     return destination(LAT, LON, bearing, metres)
 
 
-class Feed:
+def new_feed(rules: HazardRules | None = None) -> ReportFeed[HazardDetector]:
     """Drive a HazardDetector with the newest timestamp as the clock."""
-
-    def __init__(self, rules: HazardRules | None = None) -> None:
-        self.detector = HazardDetector(rules)
-        self.clock = 0
-        self.events: list[Event] = []
-
-    def send(self, message: Denm) -> list[Event]:
-        self.clock = max(self.clock, message.timestamp_ms)
-        produced = self.detector.on_denm(message, self.clock)
-        self.events.extend(produced)
-        return produced
-
-    def tick(self, t: int) -> list[Event]:
-        self.clock = max(self.clock, t)
-        produced = self.detector.expire(self.clock)
-        self.events.extend(produced)
-        return produced
+    return ReportFeed(HazardDetector(rules), HazardDetector.on_denm)
 
 
 def test_the_first_report_of_any_station_raises_a_hazard_with_its_cause_in_words() -> None:
-    [event] = Feed().send(denm("car", T0, SLIPPERY, sub_cause=2))
+    [event] = new_feed().send(denm("car", T0, SLIPPERY, sub_cause=2))
     assert event.type is EventType.HAZARD
     assert event.status is EventStatus.ACTIVE
     assert event.version == 1
@@ -91,7 +76,7 @@ def test_cause_names_follow_etsi(code: int, name: str) -> None:
 
 
 def test_a_new_reporter_nearby_updates_the_hazard() -> None:
-    feed = Feed()
+    feed = new_feed()
     [raised] = feed.send(denm("a", T0))
     [update] = feed.send(denm("b", T0 + 1000, ROADWORKS, *near(100)))
     assert update.id == raised.id
@@ -103,7 +88,7 @@ def test_a_new_reporter_nearby_updates_the_hazard() -> None:
 
 
 def test_a_repeated_report_only_postpones_expiry() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     assert feed.send(denm("a", T0 + 20 * MINUTE)) == []
     assert feed.tick(T0 + 30 * MINUTE) == []
@@ -114,7 +99,7 @@ def test_a_repeated_report_only_postpones_expiry() -> None:
 
 
 def test_another_cause_at_the_same_place_is_another_hazard() -> None:
-    feed = Feed()
+    feed = new_feed()
     [roadworks] = feed.send(denm("a", T0, ROADWORKS))
     [fog] = feed.send(denm("b", T0 + 1, LOW_VISIBILITY))
     assert roadworks.id != fog.id
@@ -122,7 +107,7 @@ def test_another_cause_at_the_same_place_is_another_hazard() -> None:
 
 
 def test_a_report_beyond_the_radius_is_another_hazard() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     [other] = feed.send(denm("b", T0 + 1, ROADWORKS, *near(201)))
     assert other.version == 1
@@ -130,7 +115,7 @@ def test_a_report_beyond_the_radius_is_another_hazard() -> None:
 
 
 def test_a_trusted_termination_clears_hazards_of_its_cause_only() -> None:
-    feed = Feed()
+    feed = new_feed()
     [roadworks] = feed.send(denm("a", T0, ROADWORKS))
     feed.send(denm("b", T0 + 1, SLIPPERY))
     [cleared] = feed.send(
@@ -151,7 +136,7 @@ def test_a_trusted_termination_clears_hazards_of_its_cause_only() -> None:
 
 
 def test_the_reporting_operator_withdraws_its_roadworks() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("op", T0, station_type=ROAD_OPERATOR))
     [cleared] = feed.send(
         denm("op", T0 + 195_000, station_type=ROAD_OPERATOR, termination=Termination.CANCELLATION)
@@ -161,7 +146,7 @@ def test_the_reporting_operator_withdraws_its_roadworks() -> None:
 
 
 def test_a_reporter_withdrawing_leaves_the_others_and_the_last_one_clears() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     feed.send(denm("b", T0 + 1))
     [partial] = feed.send(denm("a", T0 + 2, termination=Termination.CANCELLATION))
@@ -174,7 +159,7 @@ def test_a_reporter_withdrawing_leaves_the_others_and_the_last_one_clears() -> N
 
 
 def test_a_stranger_cannot_clear_a_hazard() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     for i, termination in enumerate(Termination):
         assert feed.send(denm("troll", T0 + 1 + i, termination=termination)) == []
@@ -182,13 +167,13 @@ def test_a_stranger_cannot_clear_a_hazard() -> None:
 
 
 def test_a_report_already_expired_on_arrival_raises_nothing() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.tick(T0 + 31 * MINUTE)
     assert feed.send(denm("late", T0)) == []
 
 
 def test_a_duplicate_report_is_ignored() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("op", T0, station_type=ROAD_OPERATOR))
     feed.send(denm("op", T0 + 1, station_type=ROAD_OPERATOR, termination=Termination.NEGATION))
     assert feed.send(denm("op", T0, station_type=ROAD_OPERATOR)) == []
@@ -196,7 +181,7 @@ def test_a_duplicate_report_is_ignored() -> None:
 
 
 def test_old_stations_are_forgotten_yet_their_duplicates_stay_ignored() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("a", T0))
     feed.send(denm("a", T0 + 1, termination=Termination.CANCELLATION))
     feed.tick(T0 + 2 * 30 * MINUTE)
@@ -209,7 +194,7 @@ def test_old_stations_are_forgotten_yet_their_duplicates_stay_ignored() -> None:
 
 
 def test_expiry_of_several_hazards_comes_in_time_order() -> None:
-    feed = Feed()
+    feed = new_feed()
     feed.send(denm("b", T0 + 1000, ROADWORKS, *near(5000)))
     feed.send(denm("a", T0, ROADWORKS))
     expired = feed.tick(T0 + 40 * MINUTE)
@@ -247,13 +232,13 @@ def test_a_snapshot_is_json_and_restores_to_the_same_future() -> None:
         ]
 
     messages = trace()
-    reference = Feed()
+    reference = new_feed()
     expected = [event for message in messages for event in reference.send(message)]
     for cut in range(len(messages) + 1):
-        first = Feed()
+        first = new_feed()
         for message in messages[:cut]:
             first.send(message)
-        restored = Feed()
+        restored = new_feed()
         restored.detector.restore(orjson.loads(orjson.dumps(first.detector.snapshot())))
         restored.clock = first.clock
         rest = [event for message in messages[cut:] for event in restored.send(message)]
