@@ -61,5 +61,11 @@ if [ ! -d web/node_modules ] || [ web/package.json -nt web/node_modules ]; then
   (cd web && npm install --no-audit --no-fund --loglevel=error >/dev/null)
   touch web/node_modules
 fi
-mkdir -p web/vendor
+# Only the built files the pages load are copied to web/vendor/, which Apache serves.
+mkdir -p web/vendor/leaflet web/vendor/swagger-ui
 cp web/node_modules/strophe.js/dist/strophe.umd.min.js web/vendor/
+cp web/node_modules/chart.js/dist/chart.umd.js web/vendor/
+cp -r web/node_modules/leaflet/dist/leaflet.js web/node_modules/leaflet/dist/leaflet.css \
+  web/node_modules/leaflet/dist/images web/vendor/leaflet/
+cp web/node_modules/swagger-ui-dist/swagger-ui-bundle.js \
+  web/node_modules/swagger-ui-dist/swagger-ui.css web/vendor/swagger-ui/

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     jam_update_interval_s: float = 30.0
     # Zones: the GeoJSON file loaded at start (relative paths are from the repository).
     zones_file: Path = Path("deploy/zones/reims.geojson")
+    # The road network the simulator drives and the web map draws; empty means the shipped
+    # Reims network.
+    network_file: Path | None = None
     zone_timeout_s: float = 600.0
     zone_hysteresis_m: float = 0.0
     # How often the gateway looks for zone changes made through the REST API.

@@ -36,6 +36,7 @@ from roadwatch.domain.events import (
 )
 from roadwatch.domain.zones import InvalidZone, Zone, zone_from_feature
 from roadwatch.settings import Settings
+from roadwatch.simulation.network import REIMS_NETWORK_PATH
 
 log = logging.getLogger(__name__)
 
@@ -430,6 +431,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StoreError, on_store_error)
 
 
+class NetworkOut(BaseModel):
+    """The road network: a GeoJSON FeatureCollection of LineStrings (`road_class`, limits)."""
+
+    type: Literal["FeatureCollection"]
+    features: list[dict[str, Any]]
+
+
 class ClientConfig(BaseModel):
     """What the browser needs to reach the live feed; never any credential."""
 
@@ -453,6 +461,27 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     def get_client_config() -> Response:
         """Tell the web app where the live feed is: the BOSH path and XMPP addresses."""
         return _json(client_config, 200, {"Cache-Control": "max-age=60"})
+
+    network_path = settings.network_file or REIMS_NETWORK_PATH
+
+    @app.get(
+        f"{PREFIX}/network",
+        response_model=NetworkOut,
+        responses={503: {"model": ErrorOut, "description": "Network file unreadable"}},
+        tags=["web"],
+    )
+    def get_network(request: Request) -> Response:
+        """Return the road network drawn by the web map: GeoJSON LineStrings with classes."""
+        try:
+            body = network_path.read_bytes()
+        except OSError as exc:
+            log.error("road network %s unreadable: %s", network_path, exc)
+            return _error(503, "network_unavailable", "the road network file cannot be read")
+        etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        headers = {"ETag": etag, "Cache-Control": "max-age=300"}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=GEOJSON_MEDIA_TYPE, headers=headers)
 
     @app.get(
         f"{PREFIX}/health",
