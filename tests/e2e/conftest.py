@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from roadwatch.runner.stack import PythonService, service_probe
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
     from roadwatch.runner.apache import Apache
     from roadwatch.runner.mariadb import MariaDB
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from roadwatch.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"
+# Screenshots of every page, saved by the browser tests for people to look at (git-ignored).
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 # Flags that keep headless Chromium off the (closed) network and quiet (FACTS).
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -82,3 +85,16 @@ def browser() -> Iterator[Browser]:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def screenshot() -> Callable[[Page, str], Path]:
+    """Save a full-page screenshot as test-artifacts/screenshots/<name>.png; return its path."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def save(page: Page, name: str) -> Path:
+        path = SCREENSHOTS / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return save
