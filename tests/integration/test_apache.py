@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 
@@ -18,9 +18,10 @@ pytestmark = pytest.mark.integration
 
 
 class Page:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         self.status = status
-        self.headers = headers
+        # HTTP header names are case-insensitive, and proxied answers keep the upstream's case.
+        self.headers = {name.title(): value for name, value in headers.items()}
         self.body = body
 
 
@@ -68,16 +69,44 @@ def test_browser_libraries_come_from_our_server(test_settings: Settings, apache:
 
 
 @pytest.mark.parametrize(
-    "path", ["/vendor/", "/node_modules/strophe.js/package.json", "/package.json"]
+    "path",
+    [
+        "/vendor/",
+        "/vendor/swagger-ui/",
+        "/vendor/leaflet/",
+        "/node_modules/",
+        "/node_modules/strophe.js/package.json",
+        "/package.json",
+    ],
 )
 def test_no_listing_and_no_build_files(test_settings: Settings, apache: Apache, path: str) -> None:
-    assert get(test_settings, path).status in (403, 404)
+    page = get(test_settings, path)
+    assert page.status in (403, 404)
+    assert b"Index of" not in page.body
 
 
 def test_api_is_proxied(test_settings: Settings, apache: Apache, api: None) -> None:
     page = get(test_settings, "/api/health")
     assert page.status == 200
     assert b'"database":"ok"' in page.body
+
+
+def test_api_docs_load_swagger_ui_from_our_server(
+    test_settings: Settings, apache: Apache, api: None
+) -> None:
+    page = get(test_settings, "/api/docs")
+    assert page.status == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    for path, media_type in (
+        ("/vendor/swagger-ui/swagger-ui-bundle.js", "text/javascript"),
+        ("/vendor/swagger-ui/swagger-ui.css", "text/css"),
+        ("/api/docs/init.js", "text/javascript"),
+    ):
+        assert path.encode() in page.body
+        asset = get(test_settings, path)
+        assert asset.status == 200, path
+        assert asset.headers["Content-Type"].startswith(media_type), path
 
 
 def test_bosh_is_proxied_to_prosody(

@@ -6,21 +6,24 @@ import hashlib
 import hmac
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import orjson
 import uvicorn
-from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match, Route
 
 from roadwatch import __version__
 from roadwatch.adapters.mysql.connection import ConnectionPool, StoreError, StoreUnavailable
@@ -28,13 +31,32 @@ from roadwatch.adapters.mysql.store import BBox, EventStore, InvalidCursor
 from roadwatch.adapters.mysql.zones import ZoneExists, ZoneStore
 from roadwatch.domain.events import (
     PUBSUB_NODES,
+    Event,
     EventStatus,
     EventType,
     InvalidEvent,
     ms_to_rfc3339,
     rfc3339_to_ms,
 )
-from roadwatch.domain.zones import InvalidZone, Zone, zone_from_feature
+from roadwatch.domain.zones import (
+    MAX_HYSTERESIS_M,
+    MAX_ZONE_NAME_LEN,
+    MAX_ZONE_POSITIONS,
+    InvalidZone,
+    Zone,
+    zone_from_feature,
+)
+from roadwatch.services.api.docs import install_docs_routes
+from roadwatch.services.api.formats import (
+    CSV_COLUMNS,
+    CSV_MEDIA_TYPE,
+    GEOJSON_MEDIA_TYPE,
+    EventFormat,
+    csv_page,
+    geojson_page,
+    json_page,
+    next_link,
+)
 from roadwatch.settings import Settings
 from roadwatch.simulation.network import REIMS_NETWORK_PATH
 
@@ -50,8 +72,12 @@ MAX_LIMIT = 1000
 RETRY_AFTER_S = 5
 # A zone Feature is a few kilobytes; anything near this is a mistake or an attack.
 MAX_BODY_BYTES = 1024 * 1024
-# RFC 7946 §12: the media type of GeoJSON; plain JSON is accepted on input too.
-GEOJSON_MEDIA_TYPE = "application/geo+json"
+# A stationId (SPEC §2) or a zone id: the filename of a station's CSV export relies on it too.
+STATION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+ZONE_ID_PATTERN = STATION_ID_PATTERN
+# Longest piece of a client's input quoted back in an error message.
+MAX_ECHO_CHARS = 80
+# Plain JSON is accepted on input too, beside GeoJSON's own media type (RFC 7946 §12).
 _JSON_MEDIA_TYPES = frozenset({"application/json", GEOJSON_MEDIA_TYPE})
 
 
@@ -101,6 +127,32 @@ class EventPage(BaseModel):
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at end")
 
 
+class PointOut(BaseModel):
+    """A GeoJSON Point: [lon, lat]."""
+
+    type: Literal["Point"]
+    coordinates: list[float] = Field(min_length=2, max_length=2)
+
+
+class EventFeatureOut(BaseModel):
+    """An event as a GeoJSON Feature; a jam's extent is in `properties.details.extent`."""
+
+    type: Literal["Feature"]
+    id: str
+    geometry: PointOut
+    properties: EventOut
+
+
+class EventFeatureCollectionOut(BaseModel):
+    """One page of events as a GeoJSON FeatureCollection, newest first."""
+
+    type: Literal["FeatureCollection"]
+    features: list[EventFeatureOut]
+    next_cursor: str | None = Field(
+        description="a foreign member (RFC 7946 §6.1): pass as `cursor` for the next page"
+    )
+
+
 class Health(BaseModel):
     """Status of the API and of its database."""
 
@@ -146,17 +198,60 @@ class OccupancyOut(BaseModel):
     count: int
 
 
+def _error_doc(description: str) -> dict[str, Any]:
+    """Document a JSON error answer."""
+    # Spelled out rather than as `model`: FastAPI files a model under the route's own media
+    # type, which is GeoJSON for the zone routes, while errors are always plain JSON.
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+    }
+
+
+_NOT_FOUND = _error_doc("No such resource")
+_NOT_MODIFIED: dict[str, Any] = {
+    "description": "Not modified: the ETag sent in If-None-Match still holds"
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "Invalid parameters"},
-    503: {"model": ErrorOut, "description": "Database unavailable"},
+    400: _error_doc("Invalid parameters"),
+    503: _error_doc("Database unavailable"),
+}
+# The other renderings of an event page, beside the JSON of `EventPage` (format=geojson|csv).
+_EVENT_PAGE_FORMATS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One page of events, newest first, in the `format` asked for",
+        "headers": {
+            "Link": {
+                "description": 'The next page, `<…&cursor=…>; rel="next"` (RFC 8288); '
+                "absent on the last page",
+                "schema": {"type": "string"},
+            },
+            "Content-Disposition": {
+                "description": "format=csv: `attachment` with a file name",
+                "schema": {"type": "string"},
+            },
+        },
+        "content": {
+            GEOJSON_MEDIA_TYPE: {
+                "schema": {"$ref": "#/components/schemas/EventFeatureCollectionOut"}
+            },
+            CSV_MEDIA_TYPE.split(";", 1)[0]: {
+                "schema": {
+                    "type": "string",
+                    "description": "RFC 4180 CSV with a header row: " + ",".join(CSV_COLUMNS),
+                },
+            },
+        },
+    },
+    **_ERRORS,
 }
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "Not a valid zone Feature"},
-    401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
-    403: {"model": ErrorOut, "description": "Writes disabled: no API token configured"},
-    413: {"model": ErrorOut, "description": f"Body larger than {MAX_BODY_BYTES} bytes"},
-    415: {"model": ErrorOut, "description": "Body not sent as JSON"},
-    503: {"model": ErrorOut, "description": "Database unavailable"},
+    400: _error_doc("Not a valid zone Feature"),
+    401: _error_doc("Missing or wrong bearer token"),
+    403: _error_doc("Writes disabled: no API token configured"),
+    413: _error_doc(f"Body larger than {MAX_BODY_BYTES} bytes"),
+    415: _error_doc("Body not sent as JSON"),
+    503: _error_doc("Database unavailable"),
 }
 # The request body of zone writes, read by hand (size limit, GeoJSON validation in the domain),
 # so it is described here for the OpenAPI document.
@@ -171,19 +266,37 @@ _ZONE_BODY_DOC: dict[str, Any] = {
                     "required": ["type", "geometry", "properties"],
                     "properties": {
                         "type": {"type": "string", "enum": ["Feature"]},
+                        "id": {
+                            "type": ["string", "null"],
+                            "description": "optional; when present, equal to properties.id",
+                        },
                         "geometry": {
                             "type": "object",
-                            "description": "Polygon or MultiPolygon; positions are [lon, lat]",
+                            "required": ["type", "coordinates"],
+                            "description": "Polygon or MultiPolygon; positions are [lon, lat], "
+                            f"rings closed, at most {MAX_ZONE_POSITIONS} positions in all",
+                            "properties": {
+                                "type": {"type": "string", "enum": ["Polygon", "MultiPolygon"]},
+                                "coordinates": {"type": "array", "minItems": 1},
+                            },
                         },
                         "properties": {
                             "type": "object",
                             "required": ["id", "name"],
                             "properties": {
-                                "id": {"type": "string"},
-                                "name": {"type": "string"},
+                                "id": {"type": "string", "pattern": ZONE_ID_PATTERN},
+                                "name": {
+                                    "type": "string",
+                                    "minLength": 1,
+                                    "maxLength": MAX_ZONE_NAME_LEN,
+                                    "description": "plain text, not blank",
+                                },
                                 "hysteresis_m": {
-                                    "type": "number",
-                                    "description": "metres outside before an exit counts",
+                                    "type": ["number", "null"],
+                                    "minimum": 0,
+                                    "maximum": MAX_HYSTERESIS_M,
+                                    "description": "metres outside before an exit counts; "
+                                    "0 or null for the server's default",
                                 },
                             },
                         },
@@ -206,6 +319,16 @@ _ZONE_BODY_DOC: dict[str, Any] = {
 }
 
 
+class GeoJSONResponse(JSONResponse):
+    """A GeoJSON answer; as a route's response_class it files the schema under this type."""
+
+    media_type = GEOJSON_MEDIA_TYPE
+
+    def render(self, content: Any) -> bytes:
+        """Serialise with orjson; bytes are taken as already serialised."""
+        return content if isinstance(content, bytes) else orjson.dumps(content)
+
+
 def _json(
     content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
@@ -221,6 +344,13 @@ def _error(
     status_code: int, error: str, detail: Any, headers: Mapping[str, str] | None = None
 ) -> Response:
     return _json({"error": error, "detail": detail}, status_code, headers)
+
+
+def _echo(value: str) -> str:
+    """Quote a client's value for an error message, cut short: a path may be kilobytes long."""
+    if len(value) <= MAX_ECHO_CHARS:
+        return repr(value)
+    return repr(value[:MAX_ECHO_CHARS]) + "…"
 
 
 def _error_code(status_code: int) -> str:
@@ -274,6 +404,119 @@ def _parse_bbox(text: str | None) -> BBox | None:
             # minLon > maxLon is a box crossing the antimeridian, which the store handles.
             return (min_lon, min_lat, max_lon, max_lat)
     raise ApiError(400, "invalid_parameter", [{"parameter": "bbox", "message": problem}])
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """The validated filters, page and format of an event listing."""
+
+    types: Sequence[EventType] | None
+    status: EventStatus | None
+    since_ms: int | None
+    until_ms: int | None
+    bbox: BBox | None
+    zone: str | None
+    limit: int
+    cursor: str | None
+    format: EventFormat
+
+    def run(self, store: EventStore, station: str | None) -> tuple[list[Event], str | None]:
+        """Return the page of events this query selects, and the cursor of the next page."""
+        return store.list_events(
+            types=self.types,
+            status=self.status,
+            since_ms=self.since_ms,
+            until_ms=self.until_ms,
+            station=station,
+            limit=self.limit,
+            cursor=self.cursor,
+            zone=self.zone,
+            bbox=self.bbox,
+        )
+
+
+def event_query(
+    *,
+    type_: Annotated[list[EventType] | None, Query(alias="type", description="repeatable")] = None,
+    status: EventStatus | None = None,
+    since: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="RFC 3339 with an offset; events started at or after",
+            json_schema_extra={"format": "date-time"},
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="RFC 3339 with an offset; events started before",
+            json_schema_extra={"format": "date-time"},
+        ),
+    ] = None,
+    bbox: Annotated[
+        str | None, Query(max_length=200, description="minLon,minLat,maxLon,maxLat")
+    ] = None,
+    zone: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[
+        str | None, Query(max_length=256, description="`next_cursor` of the previous page")
+    ] = None,
+    format_: Annotated[
+        EventFormat,
+        Query(
+            alias="format",
+            description="`json` (default), `geojson` (a FeatureCollection) or `csv`",
+        ),
+    ] = EventFormat.JSON,
+) -> EventQuery:
+    """Validate the query string of an event listing."""
+    since_ms = _parse_time("since", since)
+    until_ms = _parse_time("until", until)
+    if since_ms is not None and until_ms is not None and since_ms > until_ms:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            [{"parameter": "since", "message": "since is after until"}],
+        )
+    return EventQuery(
+        types=type_,
+        status=status,
+        since_ms=since_ms,
+        until_ms=until_ms,
+        bbox=_parse_bbox(bbox),
+        zone=zone,
+        limit=limit,
+        cursor=cursor,
+        format=format_,
+    )
+
+
+EventQueryDep = Annotated[EventQuery, Depends(event_query)]
+
+
+def _event_page(
+    request: Request,
+    page_format: EventFormat,
+    events: list[Event],
+    next_cursor: str | None,
+    filename: str,
+) -> Response:
+    """Render one page of events in the format asked for, with a `Link` to the next page."""
+    headers: dict[str, str] = {}
+    if next_cursor is not None:
+        headers["Link"] = next_link(
+            request.url.path, request.query_params.multi_items(), next_cursor
+        )
+    if page_format is EventFormat.GEOJSON:
+        body, media_type = geojson_page(events, next_cursor), GEOJSON_MEDIA_TYPE
+    elif page_format is EventFormat.CSV:
+        body, media_type = csv_page(events), CSV_MEDIA_TYPE
+        headers["Content-Disposition"] = f'attachment; filename="{filename}.csv"'
+    else:
+        body, media_type = json_page(events, next_cursor), "application/json"
+    return Response(body, media_type=media_type, headers=headers)
 
 
 # --- Application ------------------------------------------------------------------------------
@@ -376,7 +619,55 @@ def create_app(settings: Settings) -> FastAPI:
     )
     _install_error_handlers(app)
     _install_routes(app, settings)
+    install_docs_routes(app, PREFIX, app.openapi_url or f"{PREFIX}/openapi.json")
+    _install_openapi(app)
     return app
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Build the OpenAPI document with the schemas that only other media types refer to."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            collection = EventFeatureCollectionOut.model_json_schema(
+                mode="serialization", ref_template="#/components/schemas/{model}"
+            )
+            for name, schema in collection.pop("$defs", {}).items():
+                schemas.setdefault(name, schema)
+            schemas[EventFeatureCollectionOut.__name__] = collection
+            schemas.setdefault(
+                ErrorOut.__name__,
+                ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}"),
+            )
+            # Invalid input is answered 400 with ErrorOut (on_validation), never FastAPI's 422.
+            for path_item in document.get("paths", {}).values():
+                for operation in path_item.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    # FastAPI's documented way to adjust the generated document.
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _allowed_methods(request: Request) -> str:
+    """Return the `Allow` value for the request's path: the methods of every route there."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -397,7 +688,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        return _error(exc.status_code, _error_code(exc.status_code), exc.detail, exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route on this path; RFC 9110
+            # §15.5.6 wants every method the resource supports.
+            headers["Allow"] = _allowed_methods(request)
+        return _error(exc.status_code, _error_code(exc.status_code), exc.detail, headers)
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -422,6 +718,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("%s %s: %s", request.method, request.url.path, exc, exc_info=exc)
         return _error(500, "internal_error", "the request could not be completed")
 
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # A bug, never the client's input; the answer stays JSON and says nothing internal.
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal_error", "the request could not be completed")
+
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(ApiError, on_api_error)
@@ -429,6 +730,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidZone, on_invalid_zone)
     app.add_exception_handler(StoreUnavailable, on_unavailable)
     app.add_exception_handler(StoreError, on_store_error)
+    app.add_exception_handler(Exception, on_unexpected)
 
 
 class NetworkOut(BaseModel):
@@ -467,7 +769,8 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     @app.get(
         f"{PREFIX}/network",
         response_model=NetworkOut,
-        responses={503: {"model": ErrorOut, "description": "Network file unreadable"}},
+        response_class=GeoJSONResponse,
+        responses={304: _NOT_MODIFIED, 503: _error_doc("Network file unreadable")},
         tags=["web"],
     )
     def get_network(request: Request) -> Response:
@@ -481,7 +784,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         headers = {"ETag": etag, "Cache-Control": "max-age=300"}
         if etag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
-        return Response(body, media_type=GEOJSON_MEDIA_TYPE, headers=headers)
+        return GeoJSONResponse(body, headers=headers)
 
     @app.get(
         f"{PREFIX}/health",
@@ -500,77 +803,71 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
             return _json(body, 503, headers)
         return _json({"status": "ok", "database": "ok", "version": __version__}, 200, headers)
 
-    @app.get(f"{PREFIX}/events", response_model=EventPage, responses=_ERRORS, tags=["events"])
+    @app.get(
+        f"{PREFIX}/events",
+        response_model=EventPage,
+        responses=_EVENT_PAGE_FORMATS,
+        tags=["events"],
+    )
     def list_events(
-        *,
+        request: Request,
         store: StoreDep,
-        type_: Annotated[
-            list[EventType] | None, Query(alias="type", description="repeatable")
-        ] = None,
-        status: EventStatus | None = None,
-        since: Annotated[
-            str | None, Query(max_length=64, description="RFC 3339; events started at or after")
-        ] = None,
-        until: Annotated[
-            str | None, Query(max_length=64, description="RFC 3339; events started before")
-        ] = None,
-        bbox: Annotated[
-            str | None, Query(max_length=200, description="minLon,minLat,maxLon,maxLat")
-        ] = None,
-        zone: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-        station: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-        cursor: Annotated[
-            str | None, Query(max_length=256, description="`next_cursor` of the previous page")
+        query: EventQueryDep,
+        station: Annotated[
+            str | None, Query(min_length=1, max_length=64, description="a stationId involved")
         ] = None,
     ) -> Response:
-        """List events, newest start first, one page at a time."""
-        since_ms = _parse_time("since", since)
-        until_ms = _parse_time("until", until)
-        if since_ms is not None and until_ms is not None and since_ms > until_ms:
-            raise ApiError(
-                400,
-                "invalid_parameter",
-                [{"parameter": "since", "message": "since is after until"}],
-            )
-        events, next_cursor = store.list_events(
-            types=type_,
-            status=status,
-            since_ms=since_ms,
-            until_ms=until_ms,
-            station=station,
-            limit=limit,
-            cursor=cursor,
-            zone=zone,
-            bbox=_parse_bbox(bbox),
+        """List events, newest start first, one page at a time, as JSON, GeoJSON or CSV."""
+        events, next_cursor = query.run(store, station)
+        return _event_page(request, query.format, events, next_cursor, "roadwatch-events")
+
+    @app.get(
+        f"{PREFIX}/stations/{{station_id}}/events",
+        response_model=EventPage,
+        responses=_EVENT_PAGE_FORMATS,
+        tags=["events"],
+    )
+    def list_station_events(
+        request: Request,
+        store: StoreDep,
+        query: EventQueryDep,
+        station_id: Annotated[
+            str,
+            Path(
+                pattern=STATION_ID_PATTERN,
+                description="a stationId (SPEC §2): 1 to 64 of A-Z a-z 0-9 _ -",
+            ),
+        ],
+    ) -> Response:
+        """List the events a station is involved in, newest first; an unknown one has none."""
+        events, next_cursor = query.run(store, station_id)
+        return _event_page(
+            request, query.format, events, next_cursor, f"roadwatch-events-{station_id}"
         )
-        return _json({"items": [event.to_dict() for event in events], "next_cursor": next_cursor})
 
     @app.get(
         f"{PREFIX}/events/{{event_id}}",
         response_model=EventOut,
-        responses={404: {"model": ErrorOut}, 503: _ERRORS[503]},
+        responses={404: _NOT_FOUND, 503: _ERRORS[503]},
         tags=["events"],
     )
     def get_event(event_id: str, store: StoreDep) -> Response:
         """Return the latest version of one event."""
         event = store.get_event(event_id)
         if event is None:
-            return _error(404, "not_found", f"no event with id {event_id!r}")
+            return _error(404, "not_found", f"no event with id {_echo(event_id)}")
         return _json(event.to_dict())
 
     _install_zone_routes(app, settings)
+    from roadwatch.services.api.stats import install_stats_routes  # noqa: PLC0415 (imports app)
+
+    install_stats_routes(app)
 
 
 def _geojson(
     content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
-    return Response(
-        orjson.dumps(content),
-        status_code=status_code,
-        media_type=GEOJSON_MEDIA_TYPE,
-        headers=headers,
-    )
+    return GeoJSONResponse(orjson.dumps(content), status_code=status_code, headers=headers)
 
 
 def _zone_location(zone_id: str) -> dict[str, str]:
@@ -609,12 +906,13 @@ def _install_zone_routes(app: FastAPI, settings: Settings) -> None:
     authorised = [Security(require_token)]
 
     def not_found(zone_id: str) -> Response:
-        return _error(404, "not_found", f"no zone with id {zone_id!r}")
+        return _error(404, "not_found", f"no zone with id {_echo(zone_id)}")
 
     @app.get(
         f"{PREFIX}/zones",
         response_model=ZoneCollectionOut,
-        responses={503: _ERRORS[503]},
+        response_class=GeoJSONResponse,
+        responses={304: _NOT_MODIFIED, 503: _ERRORS[503]},
         tags=["zones"],
     )
     def list_zones(request: Request, zones: ZoneStoreDep) -> Response:
@@ -630,12 +928,13 @@ def _install_zone_routes(app: FastAPI, settings: Settings) -> None:
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if etag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
-        return Response(body, media_type=GEOJSON_MEDIA_TYPE, headers=headers)
+        return GeoJSONResponse(body, headers=headers)
 
     @app.get(
         f"{PREFIX}/zones/{{zone_id}}",
         response_model=ZoneFeatureOut,
-        responses={404: {"model": ErrorOut}, 503: _ERRORS[503]},
+        response_class=GeoJSONResponse,
+        responses={404: _NOT_FOUND, 503: _ERRORS[503]},
         tags=["zones"],
     )
     def get_zone(zone_id: str, zones: ZoneStoreDep) -> Response:
@@ -649,7 +948,8 @@ def _install_zone_routes(app: FastAPI, settings: Settings) -> None:
         f"{PREFIX}/zones",
         status_code=201,
         response_model=ZoneFeatureOut,
-        responses={**_WRITE_ERRORS, 409: {"model": ErrorOut, "description": "Id taken"}},
+        response_class=GeoJSONResponse,
+        responses={**_WRITE_ERRORS, 409: _error_doc("Id taken")},
         dependencies=authorised,
         openapi_extra=_ZONE_BODY_DOC,
         tags=["zones"],
@@ -670,6 +970,7 @@ def _install_zone_routes(app: FastAPI, settings: Settings) -> None:
     @app.put(
         f"{PREFIX}/zones/{{zone_id}}",
         response_model=ZoneFeatureOut,
+        response_class=GeoJSONResponse,
         responses={**_WRITE_ERRORS, 201: {"model": ZoneFeatureOut, "description": "Created"}},
         dependencies=authorised,
         openapi_extra=_ZONE_BODY_DOC,
@@ -681,7 +982,7 @@ def _install_zone_routes(app: FastAPI, settings: Settings) -> None:
             raise ApiError(
                 400,
                 "invalid_zone",
-                f"properties.id {zone.id!r} does not match the id in the path {zone_id!r}",
+                f"properties.id {zone.id!r} does not match the id in the path {_echo(zone_id)}",
             )
         created = zones.update_zone(zone)
         log.info("zone %r %s", zone.id, "created" if created else "replaced")
@@ -696,7 +997,7 @@ def _install_zone_routes(app: FastAPI, settings: Settings) -> None:
         responses={
             401: _WRITE_ERRORS[401],
             403: _WRITE_ERRORS[403],
-            404: {"model": ErrorOut},
+            404: _NOT_FOUND,
             503: _ERRORS[503],
         },
         dependencies=authorised,
@@ -712,7 +1013,7 @@ def _install_zone_routes(app: FastAPI, settings: Settings) -> None:
     @app.get(
         f"{PREFIX}/zones/{{zone_id}}/occupancy",
         response_model=OccupancyOut,
-        responses={404: {"model": ErrorOut}, 503: _ERRORS[503]},
+        responses={404: _NOT_FOUND, 503: _ERRORS[503]},
         tags=["zones"],
     )
     def zone_occupancy(zone_id: str, zones: ZoneStoreDep) -> Response:
