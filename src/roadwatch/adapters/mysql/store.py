@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ import orjson
 from pymysql.cursors import Cursor
 
 from roadwatch.adapters.mysql.connection import (
+    ConnectionSource,
     SourceStore,
     StoreError,
 )
@@ -29,8 +31,10 @@ _IN_CHUNK = 1000
 _EPOCH = datetime(1970, 1, 1)
 _MS = timedelta(milliseconds=1)
 # DATETIME covers years 1000 to 9999; query bounds outside are clamped rather than rejected.
-_DATETIME_MIN_MS = (datetime(1000, 1, 1) - _EPOCH) // _MS
-_DATETIME_MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000) - _EPOCH) // _MS
+DATETIME_MIN_MS = (datetime(1000, 1, 1) - _EPOCH) // _MS
+DATETIME_MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000) - _EPOCH) // _MS
+
+BBox = tuple[float, float, float, float]
 
 _COLUMNS = (
     "id, type, status, version, started_at, updated_at, ended_at, lat, lon, cause_code, "
@@ -74,11 +78,18 @@ _UPSERT_STATE = (
 )
 
 
+# The grid of the events.grid_cell column (migration 0004): squares of 1/200 degree, numbered
+# row (from -90° latitude) times GRID_COLUMNS plus column (from -180° longitude).
+GRID_STEPS_PER_DEGREE = 200
+GRID_ROWS = 180 * GRID_STEPS_PER_DEGREE + 1
+GRID_COLUMNS = 360 * GRID_STEPS_PER_DEGREE + 1
+# A bounding box over at most this many grid cells is read cell by cell, each cell's newest
+# events from its index; larger boxes hold enough events to be read in plain time order.
+MAX_BBOX_CELLS = 64
+
+
 class InvalidCursor(StoreError, ValueError):
     """A pagination cursor that this store did not issue."""
-
-
-BBox = tuple[float, float, float, float]
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -116,6 +127,51 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     return data[0], data[1]
 
 
+def grid_row(lat: float) -> int:
+    """The grid row of a latitude, computed exactly as MariaDB computes the column."""
+    return math.floor((lat + 90.0) * GRID_STEPS_PER_DEGREE)
+
+
+def grid_column(lon: float) -> int:
+    """The grid column of a longitude, computed exactly as MariaDB computes the column."""
+    return math.floor((lon + 180.0) * GRID_STEPS_PER_DEGREE)
+
+
+def grid_cell(lat: float, lon: float) -> int:
+    """The events.grid_cell value of a position."""
+    return grid_row(lat) * GRID_COLUMNS + grid_column(lon)
+
+
+def grid_cell_bounds(cell: int) -> BBox:
+    """Return (min_lon, min_lat, max_lon, max_lat) of a grid cell."""
+    row, column = divmod(cell, GRID_COLUMNS)
+    step = 1.0 / GRID_STEPS_PER_DEGREE
+    min_lat = row * step - 90.0
+    min_lon = column * step - 180.0
+    return (
+        round(min_lon, 9),
+        round(min_lat, 9),
+        round(min_lon + step, 9),
+        round(min_lat + step, 9),
+    )
+
+
+def cells_covering(bbox: BBox, most: int) -> list[int] | None:
+    """The grid cells that hold every point of the box, or None if there are more than `most`."""
+    min_lon, min_lat, max_lon, max_lat = bbox
+    rows = range(grid_row(min_lat), grid_row(max_lat) + 1)
+    if min_lon <= max_lon:
+        columns = list(range(grid_column(min_lon), grid_column(max_lon) + 1))
+    else:  # across the antimeridian
+        columns = [
+            *range(grid_column(min_lon), grid_column(180.0) + 1),
+            *range(grid_column(-180.0), grid_column(max_lon) + 1),
+        ]
+    if len(rows) * len(columns) > most:
+        return None
+    return [row * GRID_COLUMNS + column for row in rows for column in columns]
+
+
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -126,7 +182,7 @@ def _placeholders(count: int) -> str:
 
 
 def _clamp_ms(ms: int) -> int:
-    return min(max(ms, _DATETIME_MIN_MS), _DATETIME_MAX_MS)
+    return min(max(ms, DATETIME_MIN_MS), DATETIME_MAX_MS)
 
 
 def _json(value: object, what: str) -> str:
@@ -186,6 +242,11 @@ class EventStore(SourceStore):
     """
 
     _log = log
+
+    @property
+    def source(self) -> ConnectionSource:
+        """The connections this store works over, for other stores sharing them."""
+        return self._source
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -323,12 +384,20 @@ class EventStore(SourceStore):
             where.append(f"({time_col} < %s OR ({time_col} = %s AND {id_col} < %s))")
             params.extend((after_time, after_time, after[1]))
         _event_filters(where, params, types=types, status=status, zone=zone, bbox=bbox)
-        sql = f"SELECT {_E_COLUMNS} FROM {source}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {time_col} DESC, {id_col} DESC LIMIT %s"
-        # One row more than asked tells whether a next page exists.
-        params.append(limit + 1)
+        cells = None
+        # A station's, a zone's and the active events are few enough to filter by position
+        # one by one; otherwise a small box is read cell by cell.
+        if bbox is not None and station is None and zone is None and status != EventStatus.ACTIVE:
+            cells = cells_covering(bbox, MAX_BBOX_CELLS)
+        if cells is not None:
+            sql, params = _by_cell_query(cells, where, params, limit + 1)
+        else:
+            sql = f"SELECT {_E_COLUMNS} FROM {source}"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += f" ORDER BY {time_col} DESC, {id_col} DESC LIMIT %s"
+            # One row more than asked tells whether a next page exists.
+            params.append(limit + 1)
 
         def work(cur: Cursor) -> list[Event]:
             cur.execute(sql, params)
@@ -348,6 +417,34 @@ class EventStore(SourceStore):
             cur.fetchall()
 
         self._run(work, "ping", transaction=False)
+
+
+def _by_cell_query(
+    cells: Sequence[int], where: Sequence[str], params: Sequence[Any], rows: int
+) -> tuple[str, list[Any]]:
+    """Return the listing of a small box: each grid cell's newest `rows`, then the newest of all.
+
+    Every part reads one cell of idx_events_cell_started in time order and checks type,
+    status and position inside the index, so it stops after `rows` matches without reading
+    rows it rejects; only the final page's rows are read from the table.
+    """
+    conditions = " AND ".join(["e.grid_cell = %s", *where])
+    part = (
+        "(SELECT e.id, e.started_at FROM events e FORCE INDEX (idx_events_cell_started) "
+        f"WHERE {conditions} ORDER BY e.started_at DESC, e.id DESC LIMIT %s)"
+    )
+    all_params: list[Any] = []
+    for cell in cells:
+        all_params.extend((cell, *params, rows))
+    all_params.append(rows)
+    sql = (
+        f"SELECT {_E_COLUMNS} FROM ("
+        "SELECT u.id, u.started_at FROM (" + " UNION ALL ".join([part] * len(cells)) + ") AS u "
+        "ORDER BY u.started_at DESC, u.id DESC LIMIT %s"
+        ") AS k STRAIGHT_JOIN events e ON e.id = k.id "
+        "ORDER BY e.started_at DESC, e.id DESC"
+    )
+    return sql, all_params
 
 
 def _event_filters(
