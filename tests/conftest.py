@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from roadwatch.runner.process import RunLayout, free_port
 from roadwatch.settings import Settings
@@ -59,13 +60,13 @@ def test_settings(run_root: Path) -> Settings:
         http_port=free_port(),
         api_port=free_port(),
         gateway_metrics_port=free_port(),
-        mqtt_gateway_password=secrets.token_urlsafe(18),
-        mqtt_fleet_password=secrets.token_urlsafe(18),
-        xmpp_gateway_password=secrets.token_urlsafe(18),
-        xmpp_collector_password=secrets.token_urlsafe(18),
-        mysql_password=secrets.token_urlsafe(18),
-        prosody_db_password=secrets.token_urlsafe(18),
-        api_token=secrets.token_urlsafe(24),
+        mqtt_gateway_password=SecretStr(secrets.token_urlsafe(18)),
+        mqtt_fleet_password=SecretStr(secrets.token_urlsafe(18)),
+        xmpp_gateway_password=SecretStr(secrets.token_urlsafe(18)),
+        xmpp_collector_password=SecretStr(secrets.token_urlsafe(18)),
+        mysql_password=SecretStr(secrets.token_urlsafe(18)),
+        prosody_db_password=SecretStr(secrets.token_urlsafe(18)),
+        api_token=SecretStr(secrets.token_urlsafe(24)),
         run_dir=run_root,
         demo=False,
     )
