@@ -129,6 +129,8 @@ class Settings(BaseSettings):
         """Render these settings as `ROADWATCH_*` variables for a child process."""
         env: dict[str, str] = {}
         for name, value in self:
+            if value is None:
+                continue  # unset optional setting: "None" would read back as a value
             if isinstance(value, SecretStr):
                 text = value.get_secret_value()
             elif isinstance(value, bool):

@@ -126,7 +126,10 @@ def test_two_accident_reports_reach_mysql_api_and_browser(
         remaining_ms = max(0.0, (deadline - time.monotonic()) * 1000)
         row.wait_for(state="visible", timeout=remaining_ms + 1)
         assert row.get_attribute("data-status") == "active"
-        assert "accident" in row.inner_text()
+        assert row.get_attribute("data-type") == "accident"
+        assert "Accident" in row.inner_text()
+        marker = page.locator(f".leaflet-marker-icon[data-event-id='{event_id}']")
+        assert marker.count() == 1
         assert console_errors == []
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "live-accident.png"), full_page=True)

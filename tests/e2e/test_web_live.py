@@ -1,0 +1,423 @@
+"""The live page in a real browser: events on the map and in the feed, details, languages,
+reconnection after Prosody restarts, and zone names that never turn into markup."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+from roadwatch.adapters.mqtt import MqttEndpoint, MqttPublisher
+
+if TYPE_CHECKING:
+    from playwright.sync_api import (
+        Browser,
+        BrowserContext,
+        ConsoleMessage,
+        Dialog,
+        Page,
+        Position,
+        ViewportSize,
+    )
+
+    from roadwatch.runner.prosody import Prosody
+    from roadwatch.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+LIVE_DEADLINE_S = 2.0  # DENM published -> visible in the feed and on the map
+JAM_DEADLINE_S = 10.0
+RECONNECT_DEADLINE_S = 45.0  # Prosody back -> page live again -> a new event shown
+ZONE_PICKUP_S = 15.0  # the gateway picks up a new zone within 5 s, then the car must cross it
+XSS_NAME = "<img src=x onerror=alert(1)>"
+CORNER: Position = {"x": 4, "y": 4}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 375, "height": 812}
+
+# Each test works in its own spot of a grid over the road network's area (so on screen), about
+# 700 m apart: active events of one test never merge into another's (accidents merge within 200 m).
+GRID_ROWS, GRID_COLUMNS = 12, 14
+_places = itertools.count(time.time_ns() // 1_000_000 % (GRID_ROWS * GRID_COLUMNS))
+
+
+def next_place() -> tuple[float, float]:
+    n = next(_places) % (GRID_ROWS * GRID_COLUMNS)
+    return 49.222 + (n % GRID_ROWS) * 0.0065, 3.962 + (n // GRID_ROWS) * 0.0105
+
+
+@dataclass
+class LivePage:
+    """A live page in its own browser context, recording console errors and dialogs."""
+
+    page: Page
+    console_errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+
+
+def open_live(context: BrowserContext, settings: Settings) -> LivePage:
+    page = context.new_page()
+    live = LivePage(page)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            live.console_errors.append(message.text)
+
+    def on_dialog(dialog: Dialog) -> None:
+        live.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: live.console_errors.append(str(error)))
+    page.on("dialog", on_dialog)
+    page.goto(f"http://127.0.0.1:{settings.http_port}/")
+    page.wait_for_selector("#connection[data-state='live']", timeout=15_000)
+    roads = page.locator(".leaflet-roads-pane path")
+    roads.first.wait_for(state="attached", timeout=10_000)  # the road network is drawn
+    return live
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser context (own storage), English, desktop-sized."""
+    context = browser.new_context(locale="en-GB", viewport=DESKTOP)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def fleet(system: Settings) -> Iterator[MqttPublisher]:
+    """The simulator's fleet account, allowed to publish for any vehicle."""
+    publisher = MqttPublisher(
+        MqttEndpoint(
+            system.mqtt_host,
+            system.mqtt_port,
+            system.mqtt_fleet_user,
+            system.mqtt_fleet_password.get_secret_value(),
+        )
+    )
+    publisher.start()
+    yield publisher
+    publisher.stop()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{time.time_ns() % 10**9}"
+
+
+def publish_operator_accident(fleet: MqttPublisher, lat: float, lon: float) -> str:
+    """One accident DENM from a road operator (station type 15): an accident at once (SPEC §3)."""
+    station = unique("web-op")
+    payload = {
+        "stationId": station,
+        "stationType": 15,
+        "timestamp": int(time.time() * 1000),
+        "lat": lat,
+        "lon": lon,
+        "causeCode": 2,
+        "subCauseCode": 0,
+    }
+    fleet.publish(f"vehicles/{station}/denm", orjson.dumps(payload), 1).wait_for_publish(5)
+    return station
+
+
+def publish_cam(
+    fleet: MqttPublisher, station: str, lat: float, lon: float, speed: float, heading: float = 90.0
+) -> None:
+    payload = {
+        "stationId": station,
+        "stationType": 5,
+        "timestamp": int(time.time() * 1000),
+        "lat": lat,
+        "lon": lon,
+        "speed": speed,
+        "heading": heading,
+    }
+    fleet.publish(f"vehicles/{station}/cam", orjson.dumps(payload), 0)
+
+
+def feed_row_for_station(page: Page, station: str) -> Any:
+    return page.locator("#feed-rows tr[data-event-id]", has_text=station)
+
+
+def api_events(settings: Settings, **params: str) -> list[dict[str, Any]]:
+    query = urllib.parse.urlencode(params)
+    url = f"http://127.0.0.1:{settings.http_port}/api/events?{query}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        items: list[dict[str, Any]] = json.load(response)["items"]
+    return items
+
+
+def zones_request(settings: Settings, method: str, path: str, body: Any = None) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{settings.http_port}/api/zones{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={
+            "Authorization": f"Bearer {settings.api_token.get_secret_value()}",
+            "Content-Type": "application/geo+json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        status: int = response.status
+        return status
+
+
+def square(lat: float, lon: float, half: float = 0.005) -> dict[str, Any]:
+    ring = [
+        [lon - half, lat - half],
+        [lon + half, lat - half],
+        [lon + half, lat + half],
+        [lon - half, lat + half],
+        [lon - half, lat - half],
+    ]
+    return {"type": "Polygon", "coordinates": [ring]}
+
+
+def test_a_detected_accident_appears_in_the_feed_and_on_the_map_within_2_s(
+    system: Settings, context: BrowserContext, fleet: MqttPublisher
+) -> None:
+    live = open_live(context, system)
+    lat, lon = next_place()
+
+    started = time.monotonic()
+    station = publish_operator_accident(fleet, lat, lon)
+    row = feed_row_for_station(live.page, station)
+    row.wait_for(state="visible", timeout=LIVE_DEADLINE_S * 1000)
+    event_id = row.get_attribute("data-event-id")
+    marker = live.page.locator(f".leaflet-marker-icon[data-event-id='{event_id}']")
+    marker.wait_for(state="attached", timeout=LIVE_DEADLINE_S * 1000)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < LIVE_DEADLINE_S, f"shown {elapsed:.2f} s after the DENM"
+    assert row.get_attribute("data-type") == "accident"
+    assert row.get_attribute("data-status") == "active"
+    assert "Accident" in row.inner_text()
+    assert marker.get_attribute("data-type") == "accident"
+    assert "Accident" in (marker.get_attribute("aria-label") or "")
+    assert int(live.page.locator("[data-counter='accident']").inner_text()) >= 1
+    assert live.console_errors == []
+
+
+def test_a_traffic_jam_shows_its_extent_on_the_map(
+    system: Settings, context: BrowserContext, fleet: MqttPublisher
+) -> None:
+    live = open_live(context, system)
+    lat, lon = next_place()
+    cars = [unique(f"web-jam{n}") for n in range(3)]
+
+    # Three slow cars in one cell and direction: a jam (SPEC §3).
+    deadline = time.monotonic() + JAM_DEADLINE_S
+    jam_ids: list[str] = []
+    while not jam_ids:
+        if time.monotonic() > deadline:
+            pytest.fail(f"no jam detected within {JAM_DEADLINE_S} s")
+        for n, car in enumerate(cars):
+            publish_cam(fleet, car, lat + n * 0.0001, lon, speed=8.0)
+        time.sleep(0.5)
+        jam_ids = [
+            event["id"]
+            for event in api_events(system, station=cars[0], type="traffic_jam")
+            if event["status"] == "active"
+        ]
+    jam_id = jam_ids[0]
+
+    jam_extent = live.page.locator(f"path.jam-extent[data-event-id='{jam_id}']")
+    jam_extent.first.wait_for(state="attached", timeout=LIVE_DEADLINE_S * 1000)
+    box = jam_extent.first.bounding_box()
+    assert box is not None
+    assert box["width"] > 2
+    assert box["height"] > 2
+    assert live.page.locator(f".leaflet-marker-icon[data-event-id='{jam_id}']").count() == 1
+    jam_row = live.page.locator(f"#feed-rows tr[data-event-id='{jam_id}']")
+    assert jam_row.get_attribute("data-type") == "traffic_jam"
+    assert "vehicles" in jam_row.inner_text()
+    assert live.console_errors == []
+
+
+def test_clicking_an_event_shows_its_details(
+    system: Settings, context: BrowserContext, fleet: MqttPublisher
+) -> None:
+    live = open_live(context, system)
+    lat, lon = next_place()
+    station = publish_operator_accident(fleet, lat, lon)
+    row = feed_row_for_station(live.page, station)
+    row.wait_for(state="visible", timeout=5_000)
+    event_id = row.get_attribute("data-event-id")
+    page = live.page
+
+    # From the map: a click on the marker.
+    marker = page.locator(f".leaflet-marker-icon[data-event-id='{event_id}']")
+    page.locator("#map").scroll_into_view_if_needed()
+    row.locator("button.show-on-map").click()  # pans the map to it (and opens the popup)
+    page.locator(".leaflet-popup-close-button").click()
+    marker.click()
+    popup = page.locator(f".leaflet-popup .event-popup[data-event-id='{event_id}']")
+    popup.wait_for(state="visible", timeout=2_000)
+    text = popup.inner_text()
+    assert "Accident" in text
+    assert "Active" in text
+    assert station in text
+    assert "Started" in text
+
+    # From the keyboard: the marker takes the focus and Enter opens the same details.
+    page.locator(".leaflet-popup-close-button").click()
+    popup.wait_for(state="detached", timeout=2_000)
+    marker.focus()
+    page.keyboard.press("Enter")
+    popup.wait_for(state="visible", timeout=2_000)
+    assert live.console_errors == []
+
+
+def test_language_switch_to_french_translates_the_page_and_persists(
+    system: Settings, context: BrowserContext
+) -> None:
+    live = open_live(context, system)
+    page = live.page
+    assert page.locator("h1").inner_text() == "Live road events"
+    assert page.locator("html").get_attribute("lang") == "en"
+
+    page.locator("button[data-lang='fr']").click()
+    assert page.locator("h1").inner_text() == "Événements routiers en direct"
+    assert page.locator("html").get_attribute("lang") == "fr"
+    assert page.locator("#connection").inner_text() == "En direct"
+    assert page.locator("nav a[aria-current='page']").inner_text() == "En direct"
+    assert page.locator("button[data-lang='fr']").get_attribute("aria-pressed") == "true"
+    assert page.title() == "RoadWatch — événements routiers en direct"
+
+    page.reload()
+    page.wait_for_selector("#connection[data-state='live']", timeout=15_000)
+    assert page.locator("h1").inner_text() == "Événements routiers en direct"
+    assert page.locator("html").get_attribute("lang") == "fr"
+    assert page.locator("[data-i18n='live.counter.accident']").inner_text() == "Accidents en cours"
+    assert live.console_errors == []
+
+
+def test_the_page_reconnects_by_itself_after_prosody_restarts(
+    system: Settings, prosody: Prosody, context: BrowserContext, fleet: MqttPublisher
+) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: PLC0415
+
+    live = open_live(context, system)
+    page = live.page
+    try:
+        prosody.stop()
+        page.wait_for_selector("#connection[data-state='offline']", timeout=15_000)
+        assert "reconnecting" in page.locator("#connection").inner_text()
+    finally:
+        prosody.start()
+    page.wait_for_selector("#connection[data-state='live']", timeout=RECONNECT_DEADLINE_S * 1000)
+
+    # The gateway and collector reconnect on their own schedule: keep reporting new accidents
+    # until one travels the whole way to this same page.
+    deadline = time.monotonic() + RECONNECT_DEADLINE_S
+    while True:
+        lat, lon = next_place()
+        station = publish_operator_accident(fleet, lat, lon)
+        try:
+            feed_row_for_station(page, station).wait_for(state="visible", timeout=5_000)
+            break
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                pytest.fail("no new event reached the page after Prosody restarted")
+    assert page.locator("#connection").get_attribute("data-state") == "live"
+    # Failed BOSH requests during the outage are logged by the browser; nothing else may be.
+    unexpected = [
+        text
+        for text in live.console_errors
+        if "502" not in text and "503" not in text and "request id" not in text
+    ]
+    assert unexpected == []
+
+
+def test_a_zone_name_with_markup_stays_text_on_the_map_and_in_the_feed(
+    system: Settings,
+    context: BrowserContext,
+    fleet: MqttPublisher,
+    screenshot: Callable[[Page, str], Path],
+) -> None:
+    # Inside the network's bounds (so on screen), south of the grid of next_place() and away
+    # from the shipped zones.
+    lat, lon = 49.2105, 4.095 + (time.time_ns() // 1000) % 10 * 0.001
+    zone_id = unique("xss")
+    feature = {
+        "type": "Feature",
+        "geometry": square(lat, lon),
+        "properties": {"id": zone_id, "name": XSS_NAME},
+    }
+    assert zones_request(system, "POST", "", feature) == 201
+    try:
+        live = open_live(context, system)
+        page = live.page
+        zone = page.locator(f"path[data-zone-id='{zone_id}']")
+        zone.wait_for(state="attached", timeout=5_000)
+        # Near a corner: the crossing's marker will sit in the middle. Forced, because the
+        # map pane, not the path, is what Playwright sees under the pointer.
+        zone.hover(force=True, position=CORNER)
+        tooltip = page.locator(".leaflet-tooltip", has_text=XSS_NAME)
+        tooltip.wait_for(state="visible", timeout=2_000)
+        assert tooltip.locator(".zone-label").inner_text() == f"Zone: {XSS_NAME}"
+        assert "0 vehicles inside" in tooltip.inner_text()
+
+        car = unique("web-xss")
+        deadline = time.monotonic() + ZONE_PICKUP_S
+        row = page.locator("#feed-rows tr[data-type='zone_enter']", has_text=car)
+        while row.count() == 0:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no zone entry shown within {ZONE_PICKUP_S} s")
+            publish_cam(fleet, car, lat, lon, speed=20.0)
+            time.sleep(0.5)
+        assert XSS_NAME in row.inner_text()
+        page.mouse.move(0, 0)
+        tooltip.wait_for(state="detached", timeout=2_000)
+        zone.hover(force=True, position=CORNER)
+        assert "1 vehicle inside" in tooltip.inner_text()  # the zone's live counter
+        row.locator("button.show-on-map").click()
+        popup = page.locator(".leaflet-popup .event-popup")
+        popup.wait_for(state="visible", timeout=2_000)
+        assert XSS_NAME in popup.inner_text()
+
+        assert page.locator("img[src='x']").count() == 0
+        assert live.dialogs == []
+        assert live.console_errors == []
+    finally:
+        zones_request(system, "DELETE", f"/{zone_id}")
+
+
+def test_screenshots_of_the_live_page_on_desktop_and_phone(
+    system: Settings,
+    browser: Browser,
+    fleet: MqttPublisher,
+    screenshot: Callable[[Page, str], Path],
+) -> None:
+    lat, lon = next_place()
+    station = publish_operator_accident(fleet, lat, lon)
+    for name, viewport in (("live-desktop", DESKTOP), ("live-phone", PHONE)):
+        context = browser.new_context(locale="en-GB", viewport=viewport)
+        try:
+            live = open_live(context, system)
+            feed_row_for_station(live.page, station).wait_for(state="visible", timeout=5_000)
+            page = live.page
+            # Readable on a phone: nothing wider than the screen, the map above the feed.
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= viewport["width"]
+            map_box = page.locator("#map").bounding_box()
+            feed_box = page.locator(".feed-panel").bounding_box()
+            assert map_box is not None
+            assert feed_box is not None
+            if viewport is PHONE:
+                assert map_box["y"] + map_box["height"] <= feed_box["y"]
+            else:
+                assert map_box["x"] + map_box["width"] <= feed_box["x"]
+            assert screenshot(page, name).stat().st_size > 0
+            assert live.console_errors == []
+        finally:
+            context.close()

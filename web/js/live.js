@@ -1,0 +1,650 @@
+// The live page: a map of the active events and a feed of events as they happen. The current
+// state comes from the PubSub node items (and the REST API), then updates arrive live over BOSH.
+// Event text only ever goes through textContent: nothing a vehicle or a zone name holds can run.
+
+import { getJSON } from "./api.js";
+import { createBaseMap } from "./basemap.js";
+import {
+  addMessages,
+  formatDateTime,
+  formatNumber,
+  formatTime,
+  hasMessage,
+  onLanguageChange,
+  t,
+} from "./i18n.js";
+import { DEFAULT_CONFIG, LiveConnection } from "./live-connection.js";
+import { initShell } from "./shell.js";
+
+const MAX_ROWS = 200; // the feed keeps the newest rows only
+const MAX_STATIONS_SHOWN = 10;
+const ACTIVE_EVENTS_LIMIT = 1000; // the REST API's own maximum page size
+const CLEARED_LINGER_MS = 20_000; // a cleared event fades on the map, then leaves it
+const ZONE_MARKER_MS = 60_000; // a zone crossing shows on the map this long
+const ZONE_COUNTER_WINDOW_MS = 3_600_000;
+const FLUSH_DELAY_MS = 30; // gathers a burst of events into one repaint
+const ANNOUNCE_MAX = 3;
+const MARKER_SIZE = 18;
+const MARKER_Z = { accident: 400, hazard: 300, traffic_jam: 200, zone_enter: 100, zone_exit: 100 };
+const JAM_STYLE = {
+  color: "#ef6c00",
+  weight: 2,
+  fillColor: "#ef6c00",
+  fillOpacity: 0.35,
+  className: "jam-extent",
+};
+const JAM_CLEARED_STYLE = { opacity: 0.35, fillOpacity: 0.1 };
+
+addMessages({
+  en: {
+    "live.title": "RoadWatch — live road events",
+    "live.heading": "Live road events",
+    "live.counters": "Active events",
+    "live.counter.accident": "Active accidents",
+    "live.counter.traffic_jam": "Active jams",
+    "live.counter.hazard": "Active hazards",
+    "live.counter.zone": "Zone crossings (last hour)",
+    "live.map": "Map of active events",
+    "live.map_label": "Map of the road network with the active events",
+    "live.feed": "Live feed",
+    "live.feed_caption": "Road events, newest first",
+    "live.empty": "No event yet. Events appear here the moment they are detected.",
+    "live.col.time": "Updated",
+    "live.col.event": "Event",
+    "live.col.status": "Status",
+    "live.show_on_map": "(show details on the map)",
+    "live.state.connecting": "Connecting…",
+    "live.state.live": "Live",
+    "live.state.offline": "Connection lost — reconnecting in {seconds} s",
+    "live.announce": "New event: {what}",
+    "live.marker": "{type}, {status}: {where}",
+    "live.vehicles": { one: "{count} vehicle", other: "{count} vehicles" },
+    "live.more_stations": "+{count} more",
+    "live.inside": { one: "{count} vehicle inside", other: "{count} vehicles inside" },
+    "detail.status": "Status",
+    "detail.started": "Started",
+    "detail.updated": "Updated",
+    "detail.ended": "Ended",
+    "detail.zone": "Zone",
+    "detail.stations": "Stations",
+    "detail.vehicles": "Vehicles",
+    "detail.mean_speed": "Mean speed",
+    "detail.reporters": "Reports",
+    "detail.cause": "Cause",
+    "detail.reason": "Reason",
+    "detail.position": "Position",
+    "detail.position_value": "{lat}, {lon}",
+    "detail.version": "Version",
+    "reason.timeout": "no message for 10 minutes",
+    "reason.merged": "merged into another jam",
+    "reason.expired": "no recent report",
+    "reason.terminated": "ended by a road operator",
+    "reason.cancelled": "withdrawn by its reporters",
+  },
+  fr: {
+    "live.title": "RoadWatch — événements routiers en direct",
+    "live.heading": "Événements routiers en direct",
+    "live.counters": "Événements en cours",
+    "live.counter.accident": "Accidents en cours",
+    "live.counter.traffic_jam": "Embouteillages en cours",
+    "live.counter.hazard": "Dangers en cours",
+    "live.counter.zone": "Passages de zone (dernière heure)",
+    "live.map": "Carte des événements en cours",
+    "live.map_label": "Carte du réseau routier avec les événements en cours",
+    "live.feed": "Fil en direct",
+    "live.feed_caption": "Événements routiers, les plus récents d’abord",
+    "live.empty":
+      "Aucun événement pour l’instant. Les événements apparaissent ici dès qu’ils sont détectés.",
+    "live.col.time": "Mise à jour",
+    "live.col.event": "Événement",
+    "live.col.status": "État",
+    "live.show_on_map": "(voir le détail sur la carte)",
+    "live.state.connecting": "Connexion…",
+    "live.state.live": "En direct",
+    "live.state.offline": "Connexion perdue — nouvel essai dans {seconds} s",
+    "live.announce": "Nouvel événement : {what}",
+    "live.marker": "{type}, {status} : {where}",
+    "live.vehicles": { one: "{count} véhicule", other: "{count} véhicules" },
+    "live.more_stations": "+{count} autres",
+    "live.inside": {
+      one: "{count} véhicule dans la zone",
+      other: "{count} véhicules dans la zone",
+    },
+    "detail.status": "État",
+    "detail.started": "Début",
+    "detail.updated": "Mise à jour",
+    "detail.ended": "Fin",
+    "detail.zone": "Zone",
+    "detail.stations": "Stations",
+    "detail.vehicles": "Véhicules",
+    "detail.mean_speed": "Vitesse moyenne",
+    "detail.reporters": "Signalements",
+    "detail.cause": "Cause",
+    "detail.reason": "Motif",
+    "detail.position": "Position",
+    "detail.position_value": "{lat} ; {lon}", // the decimal comma needs another separator
+    "detail.version": "Version",
+    "reason.timeout": "aucun message depuis 10 minutes",
+    "reason.merged": "fusionné avec un autre embouteillage",
+    "reason.expired": "aucun signalement récent",
+    "reason.terminated": "terminé par un exploitant routier",
+    "reason.cancelled": "retiré par ses auteurs",
+  },
+});
+
+const events = new Map(); // id -> the highest version seen
+const rows = new Map(); // id -> its <tr> in the feed
+const drawn = new Map(); // id -> {marker, extent, timer} on the map
+const dirty = new Set();
+const fresh = new Set();
+let flushTimer = null;
+let base = null; // {map, ...} once the base map is ready
+let eventsLayer = null;
+let connectionState = { state: "connecting", info: {} };
+let openPopupEventId = null;
+// zone id -> the stations inside it now: the API's occupancy at load, then the live crossings.
+const occupancy = new Map();
+
+const el = (id) => document.getElementById(id);
+const timeOf = (event) => Date.parse(event.updated_at) || 0;
+const isZoneEvent = (event) => event.type === "zone_enter" || event.type === "zone_exit";
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+function typeLabel(event) {
+  return hasMessage(`type.${event.type}`) ? t(`type.${event.type}`) : event.type;
+}
+
+function statusLabel(event) {
+  return hasMessage(`status.${event.status}`) ? t(`status.${event.status}`) : event.status;
+}
+
+function stationsSummary(event, shown = 3) {
+  const ids = event.station_ids || [];
+  if (ids.length <= shown) return ids.join(", ");
+  const more = t("live.more_stations", { count: ids.length - shown });
+  return `${ids.slice(0, shown).join(", ")} ${more}`;
+}
+
+function speedText(value) {
+  return t("units.kmh", { value: formatNumber(value, { maximumFractionDigits: 0 }) });
+}
+
+/** A short description: where the event is and what it involves. */
+function whereText(event) {
+  const details = event.details || {};
+  const parts = [];
+  if (event.zone_name) parts.push(event.zone_name);
+  if (event.type === "traffic_jam") {
+    if (typeof details.vehicle_count === "number") {
+      parts.push(t("live.vehicles", { count: details.vehicle_count }));
+    }
+    if (typeof details.mean_speed_kmh === "number") parts.push(speedText(details.mean_speed_kmh));
+  } else if (event.type === "hazard" && hasMessage(`cause.${event.cause_code}`)) {
+    parts.push(t(`cause.${event.cause_code}`));
+  }
+  if (event.type !== "traffic_jam") {
+    const stations = stationsSummary(event);
+    if (stations) parts.push(stations);
+  }
+  return parts.join(" · ");
+}
+
+function feedTimeText(event) {
+  const date = new Date(event.updated_at);
+  const today = new Date();
+  return date.toDateString() === today.toDateString()
+    ? formatTime(event.updated_at)
+    : formatDateTime(event.updated_at, { dateStyle: "short", timeStyle: "short" });
+}
+
+// ---- Details ---------------------------------------------------------------------------------
+
+function reasonText(reason) {
+  return hasMessage(`reason.${reason}`) ? t(`reason.${reason}`) : String(reason);
+}
+
+/** The details of an event as DOM nodes (a popup's content). */
+function detailsNode(event) {
+  const details = event.details || {};
+  const box = element("div", "event-popup");
+  box.dataset.eventId = event.id;
+  const title = element("h3");
+  title.append(element("span", `type type-${event.type}`, typeLabel(event)));
+  if (event.zone_name) title.append(" · ", element("span", "zone-name", event.zone_name));
+  const list = element("dl");
+  const add = (key, value) => {
+    if (value === undefined || value === null || value === "") return;
+    list.append(element("dt", null, t(key)), element("dd", null, value));
+  };
+  add("detail.status", statusLabel(event));
+  add("detail.started", formatDateTime(event.started_at));
+  add("detail.updated", formatDateTime(event.updated_at));
+  if (event.ended_at) add("detail.ended", formatDateTime(event.ended_at));
+  add("detail.zone", event.zone_name);
+  if (typeof details.vehicle_count === "number") {
+    add("detail.vehicles", formatNumber(details.vehicle_count));
+  }
+  if (typeof details.mean_speed_kmh === "number") {
+    add("detail.mean_speed", speedText(details.mean_speed_kmh));
+  }
+  if (typeof details.reporter_count === "number" && event.type !== "traffic_jam") {
+    add("detail.reporters", formatNumber(details.reporter_count));
+  }
+  if (event.type === "hazard" && event.cause_code !== null && event.cause_code !== undefined) {
+    const cause = hasMessage(`cause.${event.cause_code}`) ? t(`cause.${event.cause_code}`) : "";
+    add("detail.cause", cause ? `${cause} (${event.cause_code})` : String(event.cause_code));
+  }
+  if (details.reason) add("detail.reason", reasonText(details.reason));
+  add("detail.stations", stationsSummary(event, MAX_STATIONS_SHOWN));
+  if (Number.isFinite(event.lat) && Number.isFinite(event.lon)) {
+    const coordinate = { minimumFractionDigits: 5, maximumFractionDigits: 5 };
+    const lat = formatNumber(event.lat, coordinate);
+    const lon = formatNumber(event.lon, coordinate);
+    add("detail.position", t("detail.position_value", { lat, lon }));
+  }
+  add("detail.version", formatNumber(event.version));
+  box.append(title, list);
+  return box;
+}
+
+// ---- Feed ------------------------------------------------------------------------------------
+
+function fillRow(row, event) {
+  row.dataset.eventId = event.id;
+  row.dataset.type = event.type;
+  row.dataset.status = event.status;
+  row.dataset.version = String(event.version);
+  const when = element("time", null, feedTimeText(event));
+  when.dateTime = event.updated_at;
+  when.title = formatDateTime(event.updated_at);
+  const show = element("button", `show-on-map type type-${event.type}`, typeLabel(event));
+  show.type = "button";
+  show.append(element("span", "visually-hidden", ` ${t("live.show_on_map")}`));
+  const eventCell = element("td");
+  eventCell.append(show, element("span", "where", whereText(event)));
+  const statusCell = element("td");
+  statusCell.append(element("span", `status status-${event.status}`, statusLabel(event)));
+  const timeCell = element("td");
+  timeCell.append(when);
+  row.replaceChildren(timeCell, eventCell, statusCell);
+}
+
+function placeRow(body, row, event) {
+  // Newest first: before the first row that is older.
+  const time = timeOf(event);
+  for (const other of body.rows) {
+    if (other === row) continue;
+    const otherEvent = events.get(other.dataset.eventId);
+    if (otherEvent && timeOf(otherEvent) < time) {
+      body.insertBefore(row, other);
+      return;
+    }
+  }
+  body.appendChild(row);
+}
+
+function renderRow(event, isFresh) {
+  const body = el("feed-rows");
+  let row = rows.get(event.id);
+  const focused = row && row.contains(document.activeElement);
+  if (!row) {
+    row = document.createElement("tr");
+    rows.set(event.id, row);
+  }
+  fillRow(row, event);
+  if (!focused) placeRow(body, row, event); // moving a focused row would drop the focus
+  if (isFresh) {
+    row.classList.remove("fresh");
+    void row.offsetWidth; // restart the highlight animation
+    row.classList.add("fresh");
+  }
+}
+
+function trimFeed() {
+  const body = el("feed-rows");
+  while (body.rows.length > MAX_ROWS) {
+    const last = body.rows[body.rows.length - 1];
+    rows.delete(last.dataset.eventId);
+    last.remove();
+    forgetIfIdle(last.dataset.eventId);
+  }
+  const empty = body.rows.length === 0;
+  el("feed").hidden = empty;
+  el("feed").parentElement.hidden = empty;
+  el("empty").hidden = !empty;
+}
+
+function forgetIfIdle(id) {
+  const event = events.get(id);
+  if (event && event.status !== "active" && !rows.has(id) && !drawn.has(id)) events.delete(id);
+}
+
+// ---- Map -------------------------------------------------------------------------------------
+
+function markerLabel(event) {
+  return t("live.marker", {
+    type: typeLabel(event),
+    status: statusLabel(event),
+    where: whereText(event) || "—",
+  });
+}
+
+function markerIcon(event) {
+  const dot = element("span", `event-marker type-${event.type}`);
+  if (event.status === "cleared") dot.classList.add("cleared");
+  return L.divIcon({
+    className: "event-icon",
+    html: dot,
+    iconSize: [MARKER_SIZE, MARKER_SIZE],
+    popupAnchor: [0, -MARKER_SIZE / 2],
+  });
+}
+
+function labelMarker(marker, event) {
+  const icon = marker.getElement();
+  if (!icon) return;
+  icon.dataset.eventId = event.id;
+  icon.dataset.type = event.type;
+  icon.dataset.status = event.status;
+  icon.setAttribute("role", "button");
+  icon.setAttribute("aria-label", markerLabel(event));
+}
+
+function popupFor(id) {
+  // A function: the popup is built from the latest version each time it opens.
+  return () => {
+    const event = events.get(id);
+    return event ? detailsNode(event) : element("p", null, t("common.unknown"));
+  };
+}
+
+function shouldShow(event, isLive) {
+  if (!Number.isFinite(event.lat) || !Number.isFinite(event.lon)) return false;
+  if (event.status === "active") return true;
+  if (isZoneEvent(event)) return isLive || Date.now() - timeOf(event) < ZONE_MARKER_MS;
+  return false;
+}
+
+function removeFromMap(id) {
+  const entry = drawn.get(id);
+  if (!entry) return;
+  clearTimeout(entry.timer);
+  eventsLayer.removeLayer(entry.marker);
+  if (entry.extent) eventsLayer.removeLayer(entry.extent);
+  drawn.delete(id);
+  forgetIfIdle(id);
+}
+
+function drawExtent(entry, event) {
+  if (entry.extent) eventsLayer.removeLayer(entry.extent);
+  entry.extent = null;
+  const extent = event.details && event.details.extent;
+  if (event.type !== "traffic_jam" || !extent || !extent.type) return;
+  try {
+    entry.extent = L.geoJSON(extent, { style: () => JAM_STYLE }).bindPopup(popupFor(event.id));
+  } catch (err) {
+    console.warn("unreadable jam extent", event.id, err);
+    return;
+  }
+  entry.extent.addTo(eventsLayer);
+  entry.extent.eachLayer((layer) => {
+    const path = layer.getElement && layer.getElement();
+    if (path) path.dataset.eventId = event.id;
+  });
+  if (event.status === "cleared") entry.extent.setStyle(JAM_CLEARED_STYLE);
+}
+
+function drawOnMap(event, isLive) {
+  if (!base) return;
+  let entry = drawn.get(event.id);
+  if (!entry && !shouldShow(event, isLive)) return;
+  if (!entry) {
+    const marker = L.marker([event.lat, event.lon], {
+      icon: markerIcon(event),
+      keyboard: true,
+      riseOnHover: true,
+      zIndexOffset: MARKER_Z[event.type] || 0,
+    }).bindPopup(popupFor(event.id));
+    marker.addTo(eventsLayer);
+    entry = { marker, extent: null, timer: null };
+    drawn.set(event.id, entry);
+  } else {
+    entry.marker.setLatLng([event.lat, event.lon]);
+    entry.marker.setIcon(markerIcon(event));
+    if (entry.marker.isPopupOpen()) entry.marker.setPopupContent(popupFor(event.id));
+  }
+  labelMarker(entry.marker, event);
+  drawExtent(entry, event);
+  clearTimeout(entry.timer);
+  entry.timer = null;
+  if (event.status === "cleared") {
+    entry.timer = setTimeout(() => removeFromMap(event.id), CLEARED_LINGER_MS);
+  } else if (isZoneEvent(event)) {
+    const left = Math.max(ZONE_MARKER_MS - Math.max(Date.now() - timeOf(event), 0), 5_000);
+    entry.timer = setTimeout(() => removeFromMap(event.id), isLive ? ZONE_MARKER_MS : left);
+  }
+}
+
+/** Show an event's details on the map (from the feed): its marker's popup, or a plain popup. */
+function showOnMap(id) {
+  const event = events.get(id);
+  if (!event || !base) return;
+  const entry = drawn.get(id);
+  if (entry) {
+    base.map.panTo(entry.marker.getLatLng());
+    entry.marker.openPopup();
+  } else if (Number.isFinite(event.lat) && Number.isFinite(event.lon)) {
+    L.popup({ eventId: id })
+      .setLatLng([event.lat, event.lon])
+      .setContent(popupFor(id))
+      .openOn(base.map);
+  }
+}
+
+// ---- Counters, status, announcements ------------------------------------------------------------
+
+function updateCounters() {
+  const counts = { accident: 0, traffic_jam: 0, hazard: 0, zone: 0 };
+  const since = Date.now() - ZONE_COUNTER_WINDOW_MS;
+  for (const event of events.values()) {
+    if (isZoneEvent(event)) {
+      if (timeOf(event) >= since) counts.zone += 1;
+    } else if (event.status === "active" && event.type in counts) {
+      counts[event.type] += 1;
+    }
+  }
+  for (const [key, value] of Object.entries(counts)) {
+    const node = document.querySelector(`[data-counter="${key}"]`);
+    if (node) node.textContent = formatNumber(value);
+  }
+}
+
+function showState(state, info) {
+  connectionState = { state, info };
+  const node = el("connection");
+  node.dataset.state = state;
+  node.textContent =
+    state === "offline"
+      ? t("live.state.offline", { seconds: Math.max(1, Math.round((info.retryMs || 0) / 1000)) })
+      : t(`live.state.${state}`);
+}
+
+function announce(newEvents) {
+  const important = newEvents.filter((event) => !isZoneEvent(event));
+  if (!important.length) return;
+  el("announcer").textContent = important
+    .slice(0, ANNOUNCE_MAX)
+    .map((event) => t("live.announce", { what: [typeLabel(event), whereText(event)].join(", ") }))
+    .join(" ");
+}
+
+// ---- Zone occupancy -----------------------------------------------------------------------------
+
+function trackOccupancy(event, known) {
+  if (!isZoneEvent(event) || !event.zone_id || known) return; // each crossing counts once
+  if (!occupancy.has(event.zone_id)) occupancy.set(event.zone_id, new Map());
+  const inside = occupancy.get(event.zone_id);
+  const time = timeOf(event);
+  for (const station of event.station_ids || []) {
+    const last = inside.get(station);
+    if (last && last.time > time) continue; // an older crossing arriving late changes nothing
+    inside.set(station, { time, inside: event.type === "zone_enter" });
+  }
+}
+
+function occupancyText(properties) {
+  const inside = occupancy.get(String(properties.id));
+  if (!inside) return "";
+  let count = 0;
+  for (const state of inside.values()) if (state.inside) count += 1;
+  return t("live.inside", { count });
+}
+
+async function loadOccupancy(zones) {
+  await Promise.all(
+    (zones.features || []).map(async (feature) => {
+      const id = String(feature.properties.id);
+      try {
+        const answer = await getJSON(`/api/zones/${encodeURIComponent(id)}/occupancy`);
+        if (!occupancy.has(id)) occupancy.set(id, new Map());
+        const inside = occupancy.get(id);
+        for (const occupant of answer.stations || []) {
+          const time = Date.parse(occupant.since) || 0;
+          const last = inside.get(occupant.station_id);
+          if (!last || last.time <= time) inside.set(occupant.station_id, { time, inside: true });
+        }
+      } catch (err) {
+        console.warn("occupancy unavailable for zone", id, err.message);
+      }
+    }),
+  );
+}
+
+// ---- Incoming events ---------------------------------------------------------------------------
+
+function accept(incoming, isLive) {
+  let changed = false;
+  for (const event of incoming) {
+    const known = events.get(event.id);
+    if (known && known.version >= event.version) continue; // the highest version wins (SPEC §4)
+    trackOccupancy(event, known);
+    events.set(event.id, event);
+    dirty.add(event.id);
+    if (isLive) fresh.add(event.id);
+    changed = true;
+  }
+  if (changed && !flushTimer) flushTimer = setTimeout(flush, FLUSH_DELAY_MS);
+}
+
+function flush() {
+  flushTimer = null;
+  const batch = [...dirty].map((id) => events.get(id)).filter(Boolean);
+  dirty.clear();
+  // Oldest first, so each row lands on top of the ones before it.
+  batch.sort((a, b) => timeOf(a) - timeOf(b));
+  const newlyLive = [];
+  for (const event of batch) {
+    const isLive = fresh.has(event.id);
+    if (isLive && event.version === 1 && event.status !== "cleared") newlyLive.push(event);
+    renderRow(event, isLive);
+    drawOnMap(event, isLive);
+  }
+  fresh.clear();
+  trimFeed();
+  updateCounters();
+  announce(newlyLive);
+}
+
+function rerenderAll() {
+  for (const [id, row] of rows) {
+    const event = events.get(id);
+    if (event) fillRow(row, event);
+  }
+  for (const [id, entry] of drawn) {
+    const event = events.get(id);
+    if (event) labelMarker(entry.marker, event);
+  }
+  if (base && openPopupEventId) {
+    base.map.eachLayer((layer) => {
+      if (layer instanceof L.Popup && layer.isOpen()) layer.setContent(popupFor(openPopupEventId));
+    });
+  }
+  updateCounters();
+  showState(connectionState.state, connectionState.info);
+}
+
+// ---- Start -------------------------------------------------------------------------------------
+
+async function loadConfig() {
+  try {
+    return { ...DEFAULT_CONFIG, ...(await getJSON("/api/client-config")) };
+  } catch (err) {
+    console.warn("client config unavailable, using defaults:", err.message);
+    return DEFAULT_CONFIG;
+  }
+}
+
+async function loadActiveEvents() {
+  // A complement to the node items: the archive's view of what is active right now.
+  try {
+    const page = await getJSON("/api/events", { status: "active", limit: ACTIVE_EVENTS_LIMIT });
+    accept(page.items || [], false);
+  } catch (err) {
+    console.warn("active events unavailable from the API:", err.message);
+  }
+}
+
+async function startMap() {
+  try {
+    base = await createBaseMap(el("map"), { zoneDetails: occupancyText });
+  } catch (err) {
+    console.warn("map unavailable:", err.message);
+    return;
+  }
+  eventsLayer = L.layerGroup().addTo(base.map);
+  base.map.on("popupopen", (e) => {
+    const content = e.popup.getElement && e.popup.getElement();
+    const box = content && content.querySelector(".event-popup");
+    openPopupEventId = box ? box.dataset.eventId : null;
+  });
+  base.map.on("popupclose", () => {
+    openPopupEventId = null;
+  });
+  // Events that arrived before the map was ready.
+  for (const event of events.values()) drawOnMap(event, false);
+  await loadOccupancy(base.zones);
+}
+
+function wireFeed() {
+  el("feed-rows").addEventListener("click", (e) => {
+    const row = e.target.closest("tr[data-event-id]");
+    if (row) showOnMap(row.dataset.eventId);
+  });
+}
+
+async function main() {
+  initShell("live");
+  Strophe.setLogLevel(Strophe.LogLevel.WARN); // its default traces every BOSH request
+  showState("connecting", {});
+  wireFeed();
+  onLanguageChange(rerenderAll);
+  setInterval(updateCounters, 60_000); // zone crossings age out of the last hour
+  const mapReady = startMap();
+  const config = await loadConfig();
+  const live = new LiveConnection(config, { onEvents: accept, onState: showState });
+  live.start();
+  window.addEventListener("online", () => live.reconnectNow());
+  window.addEventListener("pagehide", () => live.stop());
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted) live.start(); // back from the back/forward cache
+  });
+  await Promise.all([mapReady, loadActiveEvents()]);
+}
+
+main();
