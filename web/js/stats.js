@@ -66,7 +66,7 @@ addMessages({
     "stats.summary_empty": "No event in this period.",
     "stats.hotspots": "Hotspots",
     "stats.hotspots_intro":
-      "Where events concentrate: each circle is an area, larger and darker with more events.",
+      "Where events concentrate: each square is an area of about 500 m, darker with more events.",
     "stats.hotspot_type": "Event type",
     "stats.all_types": "All types",
     "stats.ranking": "Busiest areas",
@@ -108,7 +108,7 @@ addMessages({
     "stats.summary_empty": "Aucun événement sur cette période.",
     "stats.hotspots": "Points chauds",
     "stats.hotspots_intro":
-      "Là où les événements se concentrent : chaque cercle est un secteur, plus grand et plus foncé s’il y a plus d’événements.",
+      "Là où les événements se concentrent : chaque carré est un secteur d’environ 500 m, plus foncé s’il y a plus d’événements.",
     "stats.hotspot_type": "Type d’événement",
     "stats.all_types": "Tous les types",
     "stats.ranking": "Secteurs les plus chargés",
