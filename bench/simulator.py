@@ -28,6 +28,8 @@ DRY_RUN_S = 60.0  # simulated seconds, flat out
 REAL_TIME_S = 10.0  # wall seconds at 1 Hz, real time
 FLAT_OUT_S = 20.0  # simulated seconds, flat out through the broker
 DRAIN_TIMEOUT_S = 60.0
+# Demand ramps up from the start: within the dry run, about 600 commuters join the 10,000.
+RUSH_HOUR_SCENARIO = "rush-hour"
 
 
 def _broker_reachable(settings: Settings) -> bool:
@@ -74,10 +76,10 @@ def _run(
 
 
 def main() -> None:
-    for scenario in (CIRCLES_SCENARIO, DEFAULT_SCENARIO):
+    for scenario in (CIRCLES_SCENARIO, DEFAULT_SCENARIO, RUSH_HOUR_SCENARIO):
         summary = _run(NullSink(), DRY_RUN_S, paced=False, scenario=scenario)
         print(
-            f"simulator dry run, {scenario:8} {VEHICLES} vehicles, {summary.rate:9,.0f} msg/s "
+            f"simulator dry run, {scenario:9} {VEHICLES} vehicles, {summary.rate:9,.0f} msg/s "
             f"({summary.messages / DRY_RUN_S:,.0f} msg per simulated s; JSON only)"
         )
     summary = _run(NullSink(), DRY_RUN_S, paced=False, record=True)

@@ -82,6 +82,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
             scenario=args.scenario,
             network=args.network,
             start_ms=args.start_ms,
+            ground_truth=args.ground_truth,
         )
     return 0
 
@@ -110,6 +111,30 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     finally:
         connection.close()
     log.info("migrations applied: %s", ", ".join(applied) or "none (up to date)")
+    return 0
+
+
+def _cmd_seed_events(args: argparse.Namespace) -> int:
+    from roadwatch.services import seed  # noqa: PLC0415
+
+    if args.count < 0 or not args.days > 0:
+        log.error("--count must be 0 or more and --days positive")
+        return 2
+    step = max(args.count // 20, 1)
+
+    def progress(done: int, total: int) -> None:
+        if done % step < seed.BATCH_SIZE or done == total:
+            sys.stderr.write(f"\rseeded {done:,} / {total:,} events")
+            if done == total:
+                sys.stderr.write("\n")
+
+    report = seed.main(
+        _settings(args), args.count, seed=args.seed, days=args.days, progress=progress
+    )
+    sys.stdout.write(
+        f"{report.inserted:,} events inserted ({report.requested - report.inserted:,} already "
+        f"there) in {report.seconds:.1f} s\n"
+    )
     return 0
 
 
@@ -201,9 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--scenario",
         default="demo",
-        help="demo, accident, jam, ... on the road network; circles: the network-free demo",
+        help="demo, traffic, accident, jam, zones or rush-hour on the road network; "
+        "circles: the network-free demo",
     )
-    simulate.add_argument("--network", type=Path, default=None, help="GeoJSON road network")
+    simulate.add_argument(
+        "--network",
+        type=Path,
+        default=None,
+        help="GeoJSON road network (default: ROADWATCH_NETWORK_FILE, else the Reims network)",
+    )
+    simulate.add_argument(
+        "--ground-truth",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="at the end (Ctrl-C included), write the events the scenario staged as JSON",
+    )
     simulate.add_argument(
         "--start-ms", type=int, default=None, help="simulated start time, epoch ms (reproducible)"
     )
@@ -225,6 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply the database migrations").set_defaults(
         handler=_cmd_migrate
     )
+
+    seed_events = sub.add_parser(
+        "seed-events",
+        help="fill the database with realistic events (for measurements and demonstrations)",
+    )
+    seed_events.add_argument("--count", type=int, default=1_000_000, help="number of events")
+    seed_events.add_argument(
+        "--seed", type=int, default=1, help="random seed (same seed, same rows)"
+    )
+    seed_events.add_argument(
+        "--days", type=float, default=30.0, help="spread the start times over the last N days"
+    )
+    seed_events.set_defaults(handler=_cmd_seed_events)
 
     for name, text in (
         ("up", "start the whole system natively and print its URL"),

@@ -1,39 +1,75 @@
-"""A simulated city scenario, replayed over MQTT, leaves its staged accident in MySQL."""
+"""Simulated city scenarios, replayed over MQTT, leave exactly their staged events in MySQL.
+
+Each scenario is simulated in the test with its own station prefix (so that runs share no
+station), replayed through Mosquitto, the gateway, Prosody and the collector, and compared
+with the ground truth the simulator wrote for it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from roadwatch.services.replay import replay
 from roadwatch.simulation.city import SCENARIOS, CitySimulation
+from roadwatch.simulation.geofence import load_zone_shapes
 from roadwatch.simulation.network import REIMS_NETWORK_PATH, load_network
 from tests.e2e.conftest import RunningSystem
-from tests.e2e.ground_truth import wait_for_ground_truth
-from tests.e2e.test_ground_truth import restart_gateway
+from tests.e2e.ground_truth import ZONE_TYPES, staged_selector, wait_for_ground_truth
+from tests.e2e.test_ground_truth import put_zones_through_the_api, restart_gateway
 
 pytestmark = pytest.mark.e2e
 
 START_MS = 1_780_000_000_000  # shifted by the replay so that the trace ends now
-VEHICLES = 120
-SECONDS = 360
 SPEEDUP = 40.0
+ZONES = Path(__file__).resolve().parents[2] / "deploy" / "zones" / "reims.geojson"
+
+
+@pytest.fixture(scope="module")
+def shipped_zones(running_system: RunningSystem) -> None:
+    """Make the gateway's zones exactly the shipped ones, which the simulator stages against."""
+    put_zones_through_the_api(running_system.settings)
+
+
+def simulate(
+    name: str, vehicles: int, seconds: int, seed: int, prefix: str, folder: Path
+) -> tuple[Path, list[dict[str, Any]], CitySimulation]:
+    """Record a scenario as a trace with prefixed stations; return it and its ground truth."""
+    simulation = CitySimulation(
+        load_network(REIMS_NETWORK_PATH),
+        vehicles,
+        seed,
+        START_MS,
+        SCENARIOS[name](),
+        zones=load_zone_shapes(ZONES),
+    )
+    trace = folder / f"{name}.jsonl"
+    with trace.open("wb") as out:
+        for _ in range(seconds):
+            for topic, payload, qos in simulation.tick(1.0):
+                station = prefix + payload["stationId"]
+                kind = topic.rsplit("/", 1)[1]
+                line = {
+                    "topic": f"vehicles/{station}/{kind}",
+                    "qos": qos,
+                    "payload": {**payload, "stationId": station},
+                }
+                out.write(orjson.dumps(line) + b"\n")
+    expected = [
+        {**event, "station_ids": sorted(prefix + s for s in event["station_ids"])}
+        for event in simulation.ground_truth()
+    ]
+    return trace, expected, simulation
 
 
 def test_simulated_accident_scenario_meets_its_ground_truth_end_to_end(
     running_system: RunningSystem, tmp_path: Path
 ) -> None:
-    simulation = CitySimulation(
-        load_network(REIMS_NETWORK_PATH), VEHICLES, 11, START_MS, SCENARIOS["accident"]()
-    )
-    trace = tmp_path / "accident.jsonl"
-    with trace.open("wb") as out:
-        for _ in range(SECONDS):
-            for topic, payload, qos in simulation.tick(1.0):
-                out.write(orjson.dumps({"topic": topic, "qos": qos, "payload": payload}) + b"\n")
-    expected = [event for event in simulation.ground_truth() if event["type"] == "accident"]
+    trace, expected, _ = simulate("accident", 120, 360, 11, "sa-", tmp_path)
+    expected = [event for event in expected if event["type"] == "accident"]
     assert expected, "the scenario staged no accident"
     witnesses = {station for event in expected for station in event["station_ids"]}
 
@@ -46,4 +82,44 @@ def test_simulated_accident_scenario_meets_its_ground_truth_end_to_end(
         expected=expected,
         stations=witnesses,
         types={"accident"},
+    )
+
+
+def test_simulated_jam_scenario_meets_its_ground_truth_end_to_end(
+    running_system: RunningSystem, tmp_path: Path
+) -> None:
+    trace, expected, _ = simulate("jam", 60, 520, 5, "sj-", tmp_path)
+    assert [(e["type"], e["status"]) for e in expected] == [("traffic_jam", "cleared")]
+    stations = {station for event in expected for station in event["station_ids"]}
+
+    restart_gateway(running_system, keep_state=False)
+    stats = replay(running_system.settings, trace, SPEEDUP)
+    # The city has congestion of its own: only the jam at the closure, while it held, counts.
+    wait_for_ground_truth(
+        running_system.settings,
+        "jam",
+        expected=expected,
+        stations=stations,
+        types={"traffic_jam"},
+        keep=staged_selector(expected, set(), shift_ms=stats.offset_ms),
+    )
+
+
+def test_simulated_zones_scenario_meets_its_ground_truth_end_to_end(
+    running_system: RunningSystem, shipped_zones: None, tmp_path: Path
+) -> None:
+    trace, expected, simulation = simulate("zones", 30, 520, 3, "sz-", tmp_path)
+    staged = {"sz-" + station for station in simulation.scenario.stations()}
+    assert len(staged) == 4
+    assert {event["type"] for event in expected} == set(ZONE_TYPES)
+
+    restart_gateway(running_system, keep_state=False)
+    replay(running_system.settings, trace, SPEEDUP)
+    # The staged vehicles may also sit in a jam on the way: only their crossings are judged.
+    wait_for_ground_truth(
+        running_system.settings,
+        "zones",
+        expected=expected,
+        stations=staged,
+        types=set(ZONE_TYPES),
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -12,26 +11,26 @@ import orjson
 import pytest
 
 from roadwatch.domain.detector import DetectionRules, Detector
-from roadwatch.domain.events import Event, EventType
+from roadwatch.domain.events import Event
 from roadwatch.domain.geo import haversine_m
 from roadwatch.domain.messages import Cam, parse_message
 from roadwatch.domain.zones import zones_from_geojson
+from roadwatch.simulation.cam import Publication
 from roadwatch.simulation.city import (
     SCENARIOS,
     Accident,
     CitySimulation,
     Composite,
-    Jam,
-    Publication,
     Scenario,
+    ZoneTours,
 )
+from roadwatch.simulation.geofence import ZoneShape, load_zone_shapes
 from roadwatch.simulation.network import REIMS_NETWORK_PATH, RoadNetwork, load_network
 from roadwatch.simulation.vehicles import SPEED_MARGIN
+from tests.e2e.ground_truth import staged_selector
 from tests.scenarios.truth import mismatches
 
 T0 = 1_780_000_000_000
-# A jam's position is the middle of its cells: within a cell or two of the bottleneck.
-NEAR_M = 350.0
 REIMS_ZONES = Path(__file__).resolve().parents[2] / "deploy" / "zones" / "reims.geojson"
 
 
@@ -40,10 +39,20 @@ def reims() -> RoadNetwork:
     return load_network(REIMS_NETWORK_PATH)
 
 
+@cache
+def reims_zones() -> tuple[ZoneShape, ...]:
+    return tuple(load_zone_shapes(REIMS_ZONES))
+
+
+def city(scenario: Scenario, vehicles: int, seed: int = 7) -> CitySimulation:
+    """A city on the Reims network with the shipped zones."""
+    return CitySimulation(reims(), vehicles, seed, T0, scenario, zones=reims_zones())
+
+
 def run(
     scenario: Scenario, vehicles: int, seconds: int, seed: int = 7
 ) -> tuple[CitySimulation, list[Publication]]:
-    sim = CitySimulation(reims(), vehicles, seed, T0, scenario)
+    sim = city(scenario, vehicles, seed)
     out: list[Publication] = []
     for _ in range(seconds):
         out += sim.tick(1.0)
@@ -65,14 +74,14 @@ def test_same_seed_gives_the_same_publications() -> None:
 
 
 def test_ticks_of_any_length_keep_the_clock() -> None:
-    sim = CitySimulation(reims(), 5, 1, T0, Scenario())
+    sim = city(Scenario(), 5, 1)
     sim.tick(1.3)
     sim.tick(0.2)
     assert sim.now_ms == T0 + 1500
 
 
 def test_vehicles_keep_under_the_limit_and_never_jump() -> None:
-    sim = CitySimulation(reims(), 150, 3, T0, SCENARIOS["jam"]())
+    sim = city(SCENARIOS["jam"](), 150, 3)
     last: dict[str, tuple[float, float]] = {}
     for _ in range(600):
         sim.tick(0.5)
@@ -108,10 +117,11 @@ def test_publications_are_on_contract_and_cams_come_at_1_to_10_hz() -> None:
         assert all(100 <= gap <= 1000 for gap in gaps)
 
 
-def final_versions(events: list[Event], ids: set[str]) -> list[dict[str, Any]]:
+def final_versions(events: list[Event]) -> list[dict[str, Any]]:
+    """The latest version of every event, as the rows the ground truth is compared with."""
     latest: dict[str, Event] = {}
     for event in events:
-        if event.id in ids and (event.id not in latest or event.version > latest[event.id].version):
+        if event.id not in latest or event.version > latest[event.id].version:
             latest[event.id] = event
     return [
         {
@@ -120,6 +130,9 @@ def final_versions(events: list[Event], ids: set[str]) -> list[dict[str, Any]]:
             "status": e.status.value,
             "zone_id": e.zone_id,
             "station_ids": sorted(e.station_ids),
+            "started_ms": e.started_ms,
+            "lat": e.lat,
+            "lon": e.lon,
         }
         for e in latest.values()
     ]
@@ -134,38 +147,27 @@ def detect(sim: CitySimulation, publications: list[Publication]) -> list[Event]:
     return events
 
 
-def near_edge(jam: Jam, event: Event) -> bool:
-    edge = jam.edge
-    if edge is None:
-        return False
-    points = [edge.position_at(s) for s in range(0, math.ceil(edge.length_m) + 1, 20)]
-    return min(haversine_m(event.lat, event.lon, lat, lon) for lat, lon, _ in points) <= NEAR_M
+def zone_stations(scenario: Scenario) -> set[str]:
+    parts = scenario.parts if isinstance(scenario, Composite) else [scenario]
+    return set().union(*(part.stations() for part in parts if isinstance(part, ZoneTours)))
 
 
-def staged(scenario: Scenario, events: list[Event]) -> set[str]:
-    """Return the ids of the events the scenario staged.
+def staged(
+    scenario: Scenario, truth: list[dict[str, Any]], events: list[Event]
+) -> list[dict[str, Any]]:
+    """Return the final versions of the events the scenario staged.
 
-    A busy city also yields zone crossings and slow-traffic jams of its own, so only these
-    count: every accident (only scenarios send DENMs), and every jam first raised next to a
-    bottleneck while that bottleneck was in force.
+    A busy city also yields zone crossings and slow-traffic jams of its own: only accidents,
+    the crossings of the vehicles staged for them, and the jams starting at a staged closure
+    while it holds count.
     """
-    jams = [p for p in getattr(scenario, "parts", [scenario]) if isinstance(p, Jam)]
-    ids: set[str] = set()
-    for event in events:
-        if event.type is EventType.ACCIDENT:
-            ids.add(event.id)
-        elif event.type is EventType.TRAFFIC_JAM and event.version == 1:
-            for jam in jams:
-                start = jam.imposed_ms if jam.imposed_ms is not None else math.inf
-                end = jam.lifted_ms if jam.lifted_ms is not None else math.inf
-                if start <= event.started_ms <= end and near_edge(jam, event):
-                    ids.add(event.id)
-    return ids
+    keep = staged_selector(truth, zone_stations(scenario))
+    return [row for row in final_versions(events) if keep(row)]
 
 
 @pytest.mark.parametrize(
     ("name", "vehicles", "seconds"),
-    [("accident", 200, 360), ("jam", 60, 520), ("demo", 60, 620)],
+    [("accident", 200, 360), ("jam", 60, 520), ("zones", 40, 500), ("demo", 60, 620)],
 )
 def test_scenario_ground_truth_is_what_the_detector_finds(
     name: str, vehicles: int, seconds: int
@@ -175,7 +177,7 @@ def test_scenario_ground_truth_is_what_the_detector_finds(
     truth = sim.ground_truth()
     assert truth
     events = detect(sim, publications)
-    assert mismatches(truth, final_versions(events, staged(scenario, events))) == []
+    assert mismatches(truth, staged(scenario, truth, events)) == []
 
 
 def test_accident_truth_names_the_witnesses_and_the_ambulance() -> None:
@@ -188,7 +190,7 @@ def test_accident_truth_names_the_witnesses_and_the_ambulance() -> None:
 
 
 def test_scenarios_are_named() -> None:
-    assert {"accident", "jam", "demo"} <= set(SCENARIOS)
+    assert {"accident", "jam", "zones", "rush-hour", "demo"} <= set(SCENARIOS)
     demo = SCENARIOS["demo"]()
     assert isinstance(demo, Composite)
     assert demo.name == "demo"

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +25,14 @@ from roadwatch.services.simulator import (
     SimulatorError,
     VehicleSink,
     clock_lead_ms,
+    main,
     make_simulation,
     run,
     station_of,
     trace_line,
 )
 from roadwatch.settings import Settings
+from roadwatch.simulation.network import REIMS_NETWORK_PATH
 
 START_MS = 1_790_000_000_000
 # SPEC §2: a timestamp more than this far ahead of the receiver's clock is refused.
@@ -202,3 +209,105 @@ def test_same_seed_records_the_same_city_trace() -> None:
 
     assert city_trace(5) == city_trace(5)
     assert city_trace(5) != city_trace(6)
+
+
+def dry_run_settings(tmp_path: Path, **changes: Any) -> Settings:
+    return Settings(environment="development", run_dir=tmp_path / "run", **changes)
+
+
+def test_a_dry_run_writes_its_ground_truth_as_a_json_list(tmp_path: Path) -> None:
+    truth = tmp_path / "truth.json"
+    code = main(
+        dry_run_settings(tmp_path),
+        vehicles=20,
+        seed=3,
+        duration_s=400.0,
+        dry_run=True,
+        scenario="zones",
+        ground_truth=truth,
+    )
+    assert code == 0
+    expected = orjson.loads(truth.read_bytes())
+    assert isinstance(expected, list)
+    assert {event["type"] for event in expected} == {"zone_enter", "zone_exit"}
+    for event in expected:
+        assert event["status"] == "instant"
+        assert event["exact_stations"] is True
+        assert event["zone_id"]
+        assert event["station_ids"][0].startswith("zone0-")
+
+
+def test_ctrl_c_still_writes_the_ground_truth(tmp_path: Path) -> None:
+    truth = tmp_path / "truth.json"
+    command = [
+        sys.executable,
+        "-m",
+        "roadwatch",
+        "simulate",
+        "--dry-run",
+        "--scenario",
+        "zones",
+        "--vehicles",
+        "300",
+        "--duration",
+        "1000000",
+        "--ground-truth",
+        str(truth),
+    ]
+    env = {**os.environ, "ROADWATCH_ENVIRONMENT": "development", "ROADWATCH_RUN_DIR": str(tmp_path)}
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stderr is not None
+        # Interrupted once it is simulating, as a user would press Ctrl-C.
+        for line in process.stderr:
+            if "simulating 300 vehicles" in line:
+                break
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+    assert isinstance(orjson.loads(truth.read_bytes()), list)
+    assert "ground truth:" in errors
+
+
+# Two roads closing a square near Paris, far from the Reims network.
+TINY_NETWORK = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "properties": {"id": name, "road_class": "primary"},
+            "geometry": {"type": "LineString", "coordinates": coordinates},
+        }
+        for name, coordinates in (
+            ("south-east", [[2.0, 48.0], [2.01, 48.0], [2.01, 48.01]]),
+            ("north-west", [[2.01, 48.01], [2.0, 48.01], [2.0, 48.0]]),
+        )
+    ],
+}
+
+
+def test_the_network_comes_from_the_settings_unless_given(tmp_path: Path) -> None:
+    network = tmp_path / "tiny.geojson"
+    network.write_bytes(orjson.dumps(TINY_NETWORK))
+    trace = tmp_path / "trace.jsonl"
+    settings = dry_run_settings(tmp_path, network_file=network)
+    code = main(
+        settings, vehicles=5, duration_s=20.0, dry_run=True, scenario="traffic", record=trace
+    )
+    assert code == 0
+    payloads = [orjson.loads(line)["payload"] for line in trace.read_bytes().splitlines()]
+    assert payloads
+    assert all(47.99 <= p["lat"] <= 48.02 and 1.99 <= p["lon"] <= 2.02 for p in payloads)
+    # An explicit --network wins over the setting.
+    code = main(
+        settings,
+        vehicles=5,
+        duration_s=20.0,
+        dry_run=True,
+        scenario="traffic",
+        record=trace,
+        network=REIMS_NETWORK_PATH,
+    )
+    assert code == 0
+    payload = orjson.loads(trace.read_bytes().splitlines()[0])["payload"]
+    assert 49.1 <= payload["lat"] <= 49.4

@@ -87,14 +87,22 @@ DEFAULT_SCENARIO = "demo"
 CIRCLES_SCENARIO = "circles"
 
 
-def make_simulation(
+def make_simulation(  # noqa: PLR0917
     vehicles: int,
     seed: int,
     start_ms: int,
     scenario: str = DEFAULT_SCENARIO,
     network: Path | None = None,
+    zones: Path | None = None,
+    *,
+    zone_hysteresis_m: float = 0.0,
+    zone_timeout_ms: int = 600_000,
 ) -> Simulation:
-    """Build the simulation: a scenario of the city model on a road network, or the circles."""
+    """Build the simulation: a scenario of the city model on a road network, or the circles.
+
+    `zones` is the GeoJSON zones file whose crossings the scenarios stage (SPEC §3); the
+    hysteresis and timeout are the detector's defaults, which the expected crossings follow.
+    """
     if scenario == CIRCLES_SCENARIO:
         return DemoSimulation(vehicles, seed, start_ms)
     try:
@@ -108,6 +116,7 @@ def make_simulation(
     from roadwatch.simulation.network import (  # noqa: PLC0415
         REIMS_NETWORK_PATH,
         InvalidNetwork,
+        NoRoute,
         load_network,
     )
 
@@ -115,14 +124,66 @@ def make_simulation(
     if scenario not in scenarios:
         known = ", ".join(sorted([*scenarios, CIRCLES_SCENARIO]))
         raise SimulatorError(f"unknown scenario {scenario!r}; known: {known}")
+    from roadwatch.simulation.geofence import InvalidZoneFile, load_zone_shapes  # noqa: PLC0415
+
     try:
         road_network = load_network(network or REIMS_NETWORK_PATH)
     except (OSError, InvalidNetwork) as exc:
         raise SimulatorError(f"cannot load road network {network}: {exc}") from exc
-    sim: Simulation = city.CitySimulation(
-        road_network, vehicles, seed, start_ms, scenarios[scenario]()
-    )
+    shapes = []
+    if zones is not None:
+        try:
+            shapes = load_zone_shapes(zones)
+        except (OSError, InvalidZoneFile) as exc:
+            # Vehicles still drive; only staged zone crossings are missing.
+            log.warning("cannot read zones file %s (%s): no zone crossings staged", zones, exc)
+    try:
+        sim: Simulation = city.CitySimulation(
+            road_network,
+            vehicles,
+            seed,
+            start_ms,
+            scenarios[scenario](),
+            zones=shapes,
+            zone_hysteresis_m=zone_hysteresis_m,
+            zone_timeout_ms=zone_timeout_ms,
+        )
+    except NoRoute as exc:
+        raise SimulatorError(f"road network {network} cannot be driven: {exc}") from exc
     return sim
+
+
+def resolve_path(path: Path) -> Path:
+    """Return `path`, made absolute from the repository root when it is relative."""
+    if path.is_absolute():
+        return path
+    from roadwatch.runner.process import RunnerError  # noqa: PLC0415
+    from roadwatch.runner.templates import repo_dir  # noqa: PLC0415
+
+    try:
+        return repo_dir() / path
+    except RunnerError:
+        # An installed package without the repository: the working directory is all we have.
+        return Path.cwd() / path
+
+
+def write_ground_truth(path: Path, simulation: Simulation) -> int:
+    """Write the events the run staged so far as a JSON list; return how many."""
+    expected = simulation.ground_truth()
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(orjson.dumps(expected, option=orjson.OPT_INDENT_2) + b"\n")
+    # Renamed into place: a reader never sees half a file.
+    partial.replace(path)
+    return len(expected)
+
+
+def _save_ground_truth(path: Path, simulation: Simulation) -> None:
+    try:
+        count = write_ground_truth(path, simulation)
+    except OSError as exc:
+        log.error("cannot write the ground truth to %s: %s", path, exc)
+    else:
+        log.info("ground truth: %d expected events written to %s", count, path)
 
 
 def clock_lead_ms(duration_s: float | None, speedup: float) -> int:
@@ -433,8 +494,13 @@ def main(
     scenario: str = DEFAULT_SCENARIO,
     network: Path | None = None,
     start_ms: int | None = None,
+    ground_truth: Path | None = None,
 ) -> int:
-    """Entry point of `roadwatch simulate`: run until stopped or for `duration_s`."""
+    """Entry point of `roadwatch simulate`: run until stopped or for `duration_s`.
+
+    With `ground_truth`, the events the scenario staged are written there as JSON when the run
+    ends, however it ends.
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -447,8 +513,19 @@ def main(
     # A dry run goes flat out, so the whole of it must lie in the past.
     lead_ms = math.ceil((duration_s or 0) * 1000) if dry_run else clock_lead_ms(duration_s, speedup)
     sim_start = now_ms - lead_ms if start_ms is None else start_ms
+    if network is None and settings.network_file is not None:
+        network = resolve_path(settings.network_file)
     try:
-        simulation = make_simulation(vehicles, seed, sim_start, scenario, network)
+        simulation = make_simulation(
+            vehicles,
+            seed,
+            sim_start,
+            scenario,
+            network,
+            resolve_path(settings.zones_file),
+            zone_hysteresis_m=settings.zone_hysteresis_m,
+            zone_timeout_ms=round(settings.zone_timeout_s * 1000),
+        )
     except SimulatorError as exc:
         log.error("%s", exc)
         return 2
@@ -505,5 +582,7 @@ def main(
             out.close()
         sink.close()
         status.remove()
+        if ground_truth is not None:
+            _save_ground_truth(ground_truth, simulation)
     log.info("simulator stopped: %s", summary.describe())
     return 0

@@ -168,6 +168,8 @@ class Traffic:
         self._reroute = reroute
         self._vehicles: dict[str, Vehicle] = {}
         self._limits: dict[Hashable, float] = {}
+        # Per edge: (start m, end m, limit km/h) of a stretch with a lower limit (a lane closure).
+        self._sections: dict[Hashable, tuple[float, float, float]] = {}
         self._next_id = 0
         self.time_s = 0.0
 
@@ -230,6 +232,27 @@ class Traffic:
         """Return the limit in force on an edge, temporary or posted."""
         return self._limits.get(edge.id, edge.speed_limit_kmh)
 
+    def set_slow_section(
+        self, edge_id: Hashable, start_m: float, end_m: float, limit_kmh: float | None
+    ) -> None:
+        """Impose a limit on the stretch [start_m, end_m) of an edge, or lift it with None."""
+        if limit_kmh is None:
+            self._sections.pop(edge_id, None)
+        elif limit_kmh <= 0:
+            raise ValueError("a speed limit must be positive")
+        elif not 0.0 <= start_m < end_m:
+            raise ValueError("a slow section needs 0 <= start < end")
+        else:
+            self._sections[edge_id] = (start_m, end_m, limit_kmh)
+
+    def speed_limit_at(self, edge: EdgeLike, offset_m: float) -> float:
+        """Return the limit in force at `offset_m` along an edge, slow sections included."""
+        limit = self.speed_limit_kmh(edge)
+        section = self._sections.get(edge.id)
+        if section is not None and section[0] <= offset_m < section[1]:
+            limit = min(limit, section[2])
+        return limit
+
     def step(self, dt_s: float) -> list[Vehicle]:
         """Advance every vehicle by `dt_s` seconds; return those that left the network."""
         if dt_s <= 0:
@@ -286,7 +309,12 @@ class Traffic:
         v = vehicle.speed_mps
         b = vehicle._b
         edge = vehicle.route[vehicle.edge_index]
-        v0 = vehicle.desired_speed_mps(self._limits.get(edge.id, edge.speed_limit_kmh))
+        limit = self._limits.get(edge.id, edge.speed_limit_kmh)
+        if self._sections:
+            section = self._sections.get(edge.id)
+            if section is not None and section[0] <= vehicle.offset_m < section[1]:
+                limit = min(limit, section[2])
+        v0 = vehicle.desired_speed_mps(limit)
         # Free-road term; above the desired speed (a limit just lowered) brake comfortably.
         accel = vehicle._accel * (1.0 - (v / v0) ** IDM_DELTA) if v0 > 0.0 else -b
         accel = max(accel, -b)
@@ -337,11 +365,19 @@ class Traffic:
         horizon = MIN_GAP_M + v * (vehicle._headway + dt_s) + v * v / (2.0 * vehicle._b) + 10.0
         reach = v * dt_s + 0.5 * vehicle._accel * dt_s * dt_s
         limits = self._limits
+        sections = self._sections
         route = vehicle.route
         need = 0.0
         cap = math.inf
         leader: tuple[float, float] | None = None
-        distance = route[vehicle.edge_index].length_m - vehicle.offset_m
+        current = route[vehicle.edge_index]
+        distance = current.length_m - vehicle.offset_m
+        if sections:
+            section = sections.get(current.id)
+            if section is not None and vehicle.offset_m < section[0]:
+                ahead_m = section[0] - vehicle.offset_m
+                if ahead_m < horizon:
+                    need, cap = _approach(vehicle, section[2], ahead_m, reach, dt_s, need, cap)
         j = vehicle.edge_index + 1
         while distance < horizon:
             if j >= len(route):
@@ -358,6 +394,12 @@ class Traffic:
             if distance < reach:
                 # It may be on that edge by the end of the step: arrive no faster than its target.
                 cap = min(cap, (target - v) / dt_s)
+            if sections:
+                section = sections.get(nxt.id)
+                if section is not None and distance + section[0] < horizon:
+                    need, cap = _approach(
+                        vehicle, section[2], distance + section[0], reach, dt_s, need, cap
+                    )
             if find_leader and leader is None:
                 group = by_edge.get(nxt.id)
                 if group:
@@ -406,3 +448,23 @@ class Traffic:
 
 def _offset(vehicle: Vehicle) -> float:
     return vehicle.offset_m
+
+
+# Positional: the scan's running values, in and out.
+def _approach(  # noqa: PLR0917
+    vehicle: Vehicle,
+    limit_kmh: float,
+    distance_m: float,
+    reach_m: float,
+    dt_s: float,
+    need: float,
+    cap: float,
+) -> tuple[float, float]:
+    """Return (need, cap) updated for a lower limit starting `distance_m` ahead."""
+    v = vehicle.speed_mps
+    target = vehicle.desired_speed_mps(limit_kmh)
+    if v > target:
+        need = max(need, (v * v - target * target) / (2.0 * max(distance_m, _TINY_GAP_M)))
+    if distance_m < reach_m:
+        cap = min(cap, (target - v) / dt_s)
+    return need, cap
