@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from roadwatch.services.replay import replay
-from roadwatch.simulation.city import SCENARIOS, CitySimulation
+from roadwatch.simulation.city import SCENARIOS, CitySimulation, Composite, ZoneTours
 from roadwatch.simulation.geofence import load_zone_shapes
 from roadwatch.simulation.network import REIMS_NETWORK_PATH, load_network
 from tests.e2e.conftest import RunningSystem
@@ -122,4 +122,57 @@ def test_simulated_zones_scenario_meets_its_ground_truth_end_to_end(
         expected=expected,
         stations=staged,
         types=set(ZONE_TYPES),
+    )
+
+
+def test_simulated_rush_hour_meets_its_ground_truth_end_to_end(
+    running_system: RunningSystem, tmp_path: Path
+) -> None:
+    trace, expected, _ = simulate("rush-hour", 40, 680, 2, "sr-", tmp_path)
+    assert sorted((e["type"], e["status"]) for e in expected) == [
+        ("accident", "cleared"),
+        ("traffic_jam", "cleared"),
+        ("traffic_jam", "cleared"),
+    ]
+    stations = {station for event in expected for station in event["station_ids"]}
+
+    restart_gateway(running_system, keep_state=False)
+    stats = replay(running_system.settings, trace, SPEEDUP)
+    # Commuters crowd the city: only the staged accident and the jams at both closures count.
+    wait_for_ground_truth(
+        running_system.settings,
+        "rush-hour",
+        expected=expected,
+        stations=stations,
+        types={"accident", "traffic_jam"},
+        keep=staged_selector(expected, set(), shift_ms=stats.offset_ms),
+    )
+
+
+def test_simulated_demo_meets_its_ground_truth_end_to_end(
+    running_system: RunningSystem, shipped_zones: None, tmp_path: Path
+) -> None:
+    trace, expected, simulation = simulate("demo", 60, 620, 3, "sd-", tmp_path)
+    assert isinstance(simulation.scenario, Composite)
+    touring = {
+        "sd-" + station
+        for part in simulation.scenario.parts
+        if isinstance(part, ZoneTours)
+        for station in part.stations()
+    }
+    kinds = {event["type"] for event in expected}
+    assert {"accident", "traffic_jam", *ZONE_TYPES} <= kinds
+    assert touring
+    stations = {station for event in expected for station in event["station_ids"]}
+
+    restart_gateway(running_system, keep_state=False)
+    stats = replay(running_system.settings, trace, SPEEDUP)
+    # Accidents, the jam at the closure, and the touring vehicles' crossings are the demo's.
+    wait_for_ground_truth(
+        running_system.settings,
+        "demo",
+        expected=expected,
+        stations=stations | touring,
+        types={"accident", "traffic_jam", *ZONE_TYPES},
+        keep=staged_selector(expected, touring, shift_ms=stats.offset_ms),
     )
