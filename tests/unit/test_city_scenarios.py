@@ -10,7 +10,7 @@ import itertools
 from collections import Counter
 from typing import Any
 
-import h3  # type: ignore[import-untyped]
+import h3
 import orjson
 import pytest
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import h3  # type: ignore[import-untyped]
+import h3
 import orjson
 
 from roadwatch.domain.events import Event, EventStatus, EventType, new_event_id

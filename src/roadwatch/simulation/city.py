@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-import h3  # type: ignore[import-untyped]
+import h3
 
 from roadwatch.domain.geo import destination, haversine_m
 from roadwatch.simulation.cam import CamTrigger, Publication, cam_payload, denm_publication
