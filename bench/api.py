@@ -104,6 +104,14 @@ def _queries(client: httpx.Client) -> dict[str, Query]:
         h = SMALL_BOX_HALF_DEG
         return f"{lon - h:.4f},{lat - h:.4f},{lon + h:.4f},{lat + h:.4f}"
 
+    def small_box_off_grid(rng: random.Random) -> str:
+        # Boxes around a cell centre line up with the grid; a map view rarely does.
+        lon, lat = rng.choice(centres)
+        lon += rng.uniform(-SMALL_BOX_HALF_DEG, SMALL_BOX_HALF_DEG)
+        lat += rng.uniform(-SMALL_BOX_HALF_DEG, SMALL_BOX_HALF_DEG)
+        h = SMALL_BOX_HALF_DEG
+        return f"{lon - h:.6f},{lat - h:.6f},{lon + h:.6f},{lat + h:.6f}"
+
     def station(rng: random.Random) -> str:
         return f"veh-{rng.randrange(seed.STATION_POOL):05d}"
 
@@ -134,6 +142,14 @@ def _queries(client: httpx.Client) -> dict[str, Query]:
         ),
         "stats hotspots accident (month)": lambda rng: f"/api/stats/hotspots?type=accident&{MONTH}",
         "stats hotspots all (last day)": lambda rng: f"/api/stats/hotspots?{LAST_DAY}",
+        # Added last, so that the queries above draw the same random boxes and days as before.
+        "bbox small off the grid": lambda rng: f"/api/events?bbox={small_box_off_grid(rng)}",
+        "bbox small off the grid + type": lambda rng: (
+            f"/api/events?bbox={small_box_off_grid(rng)}&type=accident"
+        ),
+        "stats timeseries hour, all types (month)": lambda rng: (
+            f"/api/stats/timeseries?bucket=hour&{MONTH}"
+        ),
     }
 
 

@@ -402,3 +402,54 @@ def test_a_small_box_lists_exactly_its_events_in_order_across_pages(store: Event
             if cursor is None:
                 break
         assert seen == expected
+
+
+def test_a_box_on_grid_lines_lists_its_edges_per_type_across_pages(store: EventStore) -> None:
+    # The box is exactly one 0.005° grid square, so its upper edges lie on the lines where the
+    # neighbouring squares begin: events exactly on them are inside the box (bounds are
+    # inclusive) yet stored in those neighbours. Events also sit just outside every edge.
+    lons = (4.0299, 4.03, 4.0312, 4.0325, 4.035, 4.0351)
+    lats = (49.2449, 49.245, 49.2463, 49.2475, 49.25, 49.2501)
+    kinds = (EventType.ACCIDENT, EventType.HAZARD, EventType.TRAFFIC_JAM, EventType.ZONE_EXIT)
+    events = [
+        make_event(
+            500 + n,
+            kind=kinds[n % len(kinds)],
+            status=EventStatus.CLEARED if n % 3 else EventStatus.ACTIVE,
+            started_ms=BASE_MS + (n // 5) * 1000,
+            lat=lats[n % len(lats)],
+            lon=lons[(n // len(lats)) % len(lons)],
+        )
+        for n in range(2 * len(lats) * len(lons) * len(kinds))
+    ]
+    store.upsert(events)
+    box = (4.03, 49.245, 4.035, 49.25)
+    newest_first = sorted(events, key=lambda e: (e.started_ms, e.id), reverse=True)
+    filters: list[tuple[list[EventType] | None, EventStatus | None, int | None]] = [
+        ([EventType.ACCIDENT], None, None),
+        ([EventType.HAZARD, EventType.ZONE_EXIT], EventStatus.CLEARED, None),
+        ([EventType.TRAFFIC_JAM], None, BASE_MS + 20_000),
+        (list(EventType), None, None),
+        (None, EventStatus.CLEARED, BASE_MS + 10_000),
+    ]
+    for types, status, since_ms in filters:
+        expected = [
+            e.id
+            for e in newest_first
+            if box[0] <= e.lon <= box[2]
+            and box[1] <= e.lat <= box[3]
+            and (types is None or e.type in types)
+            and (status is None or e.status is status)
+            and (since_ms is None or e.started_ms >= since_ms)
+        ]
+        assert any(e.lat == box[3] or e.lon == box[2] for e in events if e.id in expected)
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = store.list_events(
+                bbox=box, types=types, status=status, since_ms=since_ms, limit=4, cursor=cursor
+            )
+            seen.extend(event.id for event in page)
+            if cursor is None:
+                break
+        assert seen == expected, (types, status, since_ms)

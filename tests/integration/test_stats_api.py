@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -214,6 +215,32 @@ def test_timeseries_buckets_are_contiguous_zero_filled_and_exact(
     for start, row in zip(starts, body["buckets"], strict=True):
         assert row["counts"] == {kind: expected[(start, kind)] for kind in body["types"]}
         assert row["total"] == sum(row["counts"].values())
+
+
+def test_timeseries_buckets_before_1970_hold_their_own_events(
+    client: httpx.Client, store: EventStore, test_settings: Settings
+) -> None:
+    # Summary hours before the epoch are negative hour numbers: they must fall in their own
+    # day and hour, not be rounded towards 1970.
+    clear_events(test_settings)
+    starts = (-DAY - 1, -HOUR - 1, -HOUR, -1, 0, HOUR + 1)
+    events = [
+        replace(event(n, 0), id=f"pre-epoch-{n}", started_ms=ms, updated_ms=ms, ended_ms=ms)
+        for n, ms in enumerate(starts)
+    ]
+    assert len(store.upsert(events)) == len(events)
+    for bucket, unit in (("hour", HOUR), ("day", DAY)):
+        body = get(
+            client,
+            "timeseries",
+            bucket=bucket,
+            type="accident",
+            since=ms_to_rfc3339(-2 * DAY),
+            until=ms_to_rfc3339(DAY),
+        )
+        expected = Counter(ms - ms % unit for ms in starts)
+        got = {b["start"]: b["counts"]["accident"] for b in body["buckets"] if b["total"]}
+        assert got == {ms_to_rfc3339(start): count for start, count in expected.items()}
 
 
 def test_timeseries_defaults_to_the_last_day_of_hours(

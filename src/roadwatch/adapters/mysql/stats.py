@@ -33,6 +33,11 @@ _EPOCH_DAY = date(1970, 1, 1)
 
 # The start of a row's bucket, as the triggers compute it.
 _HOUR_OF_START = "DATE_FORMAT(started_at, '%%Y-%%m-%%d %%H:00:00')"
+# The hours and days from the epoch to a summary row's hour, as integers. Exact also before
+# 1970: hour_start is a whole hour (TIMESTAMPDIFF truncates a fraction towards zero), and
+# DATEDIFF compares the dates alone.
+_HOURS_SINCE_EPOCH = "TIMESTAMPDIFF(HOUR, '1970-01-01', hour_start)"
+_DAYS_SINCE_EPOCH = "DATEDIFF(hour_start, '1970-01-01')"
 
 
 @dataclass(frozen=True)
@@ -177,21 +182,32 @@ class StatsStore(SourceStore):
             raise ValueError("buckets are hours or days")
         split = split_range(span.clamped(), HOUR_MS)
         type_where, type_params = _type_filter(types)
+        kinds = type_params or [kind.value for kind in EventType]
         if bucket_ms == HOUR_MS:
-            summary_bucket, raw_bucket = "hour_start", _HOUR_OF_START
+            # Grouped by the key's own column, in key order: no temporary table.
+            summary_bucket, summary_group = _HOURS_SINCE_EPOCH, "hour_start"
+            raw_bucket = _HOUR_OF_START
         else:
-            summary_bucket, raw_bucket = "DATE(hour_start)", "DATE(started_at)"
+            summary_bucket, summary_group = _DAYS_SINCE_EPOCH, "1"
+            raw_bucket = "DATE(started_at)"
+        # One row per bucket with a column per type, the bucket as a number: a month of hours
+        # is then 744 rows of integers instead of one row per type with a date and a decimal,
+        # which the driver decodes several times slower.
+        per_type = ", ".join(["CAST(SUM(IF(type = %s, events, 0)) AS SIGNED)"] * len(kinds))
 
         def work(cur: Cursor) -> dict[tuple[int, str], int]:
             counts: dict[tuple[int, str], int] = {}
             if split.whole is not None:
                 where, params = _bounds("hour_start", split.whole)
                 cur.execute(
-                    f"SELECT {summary_bucket}, type, SUM(events) FROM event_counts_hourly"
-                    f"{_where(where + type_where)} GROUP BY 1, 2",
-                    params + type_params,
+                    f"SELECT {summary_bucket}, {per_type} FROM event_counts_hourly"
+                    f"{_where(where + type_where)} GROUP BY {summary_group}",
+                    kinds + params + type_params,
                 )
-                _add_buckets(counts, cur.fetchall())
+                for bucket, *values in cur.fetchall():
+                    start = int(bucket) * bucket_ms
+                    for kind, value in zip(kinds, values, strict=True):
+                        counts[start, kind] = counts.get((start, kind), 0) + int(value)
             for edge in split.edges:
                 where, params = _bounds("started_at", edge)
                 cur.execute(

@@ -86,6 +86,8 @@ GRID_COLUMNS = 360 * GRID_STEPS_PER_DEGREE + 1
 # A bounding box over at most this many grid cells is read cell by cell, each cell's newest
 # events from its index; larger boxes hold enough events to be read in plain time order.
 MAX_BBOX_CELLS = 64
+# At most this many (type, cell) parts in one listing; beyond, the box is read by cell only.
+MAX_BBOX_PARTS = 128
 
 
 class InvalidCursor(StoreError, ValueError):
@@ -383,14 +385,38 @@ class EventStore(SourceStore):
             after_time = ms_to_datetime(_clamp_ms(after[0]))
             where.append(f"({time_col} < %s OR ({time_col} = %s AND {id_col} < %s))")
             params.extend((after_time, after_time, after[1]))
-        _event_filters(where, params, types=types, status=status, zone=zone, bbox=bbox)
         cells = None
         # A station's, a zone's and the active events are few enough to filter by position
         # one by one; otherwise a small box is read cell by cell.
         if bbox is not None and station is None and zone is None and status != EventStatus.ACTIVE:
             cells = cells_covering(bbox, MAX_BBOX_CELLS)
-        if cells is not None:
-            sql, params = _by_cell_query(cells, where, params, limit + 1)
+        kinds = sorted({EventType(kind).value for kind in types or ()})
+        # Some types only, in few enough cells: each (type, cell) pair is read on its own, so a
+        # rare type never makes a scan wade through a busy cell's other events.
+        by_type = (
+            cells is not None
+            and 0 < len(kinds) < len(EventType)
+            and len(kinds) * len(cells) <= MAX_BBOX_PARTS
+        )
+        _event_filters(
+            where,
+            params,
+            types=None if by_type else types,
+            status=status,
+            zone=zone,
+            bbox=bbox,
+        )
+        if cells is not None and bbox is not None:
+            listing = _BoxListing(
+                bbox,
+                cells,
+                kinds=kinds if by_type else [],
+                where=where,
+                params=params,
+                rows=limit + 1,
+            )
+            # Its two reads see one snapshot, so that the bound found by the first holds.
+            found = self._run(listing.read, "list_events", transaction=listing.bounded)
         else:
             sql = f"SELECT {_E_COLUMNS} FROM {source}"
             if where:
@@ -399,11 +425,11 @@ class EventStore(SourceStore):
             # One row more than asked tells whether a next page exists.
             params.append(limit + 1)
 
-        def work(cur: Cursor) -> list[Event]:
-            cur.execute(sql, params)
-            return [_event_from_row(row) for row in cur.fetchall()]
+            def work(cur: Cursor) -> list[Event]:
+                cur.execute(sql, params)
+                return [_event_from_row(row) for row in cur.fetchall()]
 
-        found = self._run(work, "list_events", transaction=False)
+            found = self._run(work, "list_events", transaction=False)
         if len(found) <= limit:
             return found, None
         page = found[:limit]
@@ -419,32 +445,115 @@ class EventStore(SourceStore):
         self._run(work, "ping", transaction=False)
 
 
-def _by_cell_query(
-    cells: Sequence[int], where: Sequence[str], params: Sequence[Any], rows: int
-) -> tuple[str, list[Any]]:
-    """Return the listing of a small box: each grid cell's newest `rows`, then the newest of all.
+class _BoxListing:
+    """The listing of a small box: each grid cell's newest `rows`, then the newest of all.
 
     Every part reads one cell of idx_events_cell_started in time order and checks type,
     status and position inside the index, so it stops after `rows` matches without reading
-    rows it rejects; only the final page's rows are read from the table.
+    rows it rejects; only the final page's rows are read from the table. With `kinds`, there
+    is one part per type and cell instead, read from idx_events_type_cell_started, and `where`
+    must not filter on the type.
+
+    A cell the box barely touches holds few matches, and its part would run through the
+    whole cell looking for more. So over several cells, the cell most inside the box is read
+    first: the page can hold nothing older than the last row of a full page of that cell
+    alone, and that start time bounds every part.
     """
-    conditions = " AND ".join(["e.grid_cell = %s", *where])
-    part = (
-        "(SELECT e.id, e.started_at FROM events e FORCE INDEX (idx_events_cell_started) "
-        f"WHERE {conditions} ORDER BY e.started_at DESC, e.id DESC LIMIT %s)"
+
+    def __init__(
+        self,
+        bbox: BBox,
+        cells: Sequence[int],
+        *,
+        kinds: Sequence[str],
+        where: Sequence[str],
+        params: Sequence[Any],
+        rows: int,
+    ) -> None:
+        self.cells = cells
+        self.kinds = kinds
+        self.where = list(where)
+        self.params = list(params)
+        self.rows = rows
+        self.fullest = max(cells, key=lambda cell: _share_inside(cell, bbox))
+        self.bounded = len(cells) > 1
+
+    def read(self, cur: Cursor) -> list[Event]:
+        """Read the page's rows, newest first."""
+        if not self.bounded:
+            cur.execute(*self._query(self.cells, None, ()))
+            return [_event_from_row(row) for row in cur.fetchall()]
+        union, params = self._union([self.fullest], None)
+        cur.execute(
+            f"SELECT u.id, u.started_at FROM ({union}) AS u "
+            "ORDER BY u.started_at DESC, u.id DESC LIMIT %s",
+            [*params, self.rows],
+        )
+        fullest_page = cur.fetchall()
+        if len(fullest_page) == self.rows:
+            cur.execute(*self._query(self.cells, fullest_page[-1][1], ()))
+        else:
+            # That cell was read to its end: its rows are known, and the other cells are
+            # read without a bound.
+            others = [cell for cell in self.cells if cell != self.fullest]
+            cur.execute(*self._query(others, None, [ident for ident, _ in fullest_page]))
+        return [_event_from_row(row) for row in cur.fetchall()]
+
+    def _union(self, cells: Sequence[int], oldest: datetime | None) -> tuple[str, list[Any]]:
+        where, params = self.where, self.params
+        if oldest is not None:
+            where = [*where, "e.started_at >= %s"]
+            params = [*params, oldest]
+        if self.kinds:
+            index = "idx_events_type_cell_started"
+            keys: list[tuple[Any, ...]] = [(kind, cell) for kind in self.kinds for cell in cells]
+            conditions = " AND ".join(["e.type = %s", "e.grid_cell = %s", *where])
+        else:
+            index = "idx_events_cell_started"
+            keys = [(cell,) for cell in cells]
+            conditions = " AND ".join(["e.grid_cell = %s", *where])
+        part = (
+            f"(SELECT e.id, e.started_at FROM events e FORCE INDEX ({index}) "
+            f"WHERE {conditions} ORDER BY e.started_at DESC, e.id DESC LIMIT %s)"
+        )
+        all_params: list[Any] = []
+        for key in keys:
+            all_params.extend((*key, *params, self.rows))
+        return " UNION ALL ".join([part] * len(keys)), all_params
+
+    def _query(
+        self, cells: Sequence[int], oldest: datetime | None, known_ids: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        """The page from `cells` and the events `known_ids`, none started before `oldest`."""
+        union, params = self._union(cells, oldest)
+        if known_ids:
+            union += (
+                " UNION ALL (SELECT e.id, e.started_at FROM events e "
+                f"WHERE e.id IN ({_placeholders(len(known_ids))}))"
+            )
+            params.extend(known_ids)
+        sql = (
+            f"SELECT {_E_COLUMNS} FROM ("
+            f"SELECT u.id, u.started_at FROM ({union}) AS u "
+            "ORDER BY u.started_at DESC, u.id DESC LIMIT %s"
+            ") AS k STRAIGHT_JOIN events e ON e.id = k.id "
+            "ORDER BY e.started_at DESC, e.id DESC"
+        )
+        return sql, [*params, self.rows]
+
+
+def _share_inside(cell: int, bbox: BBox) -> float:
+    """The part of a grid cell's area inside the box (0 to 1)."""
+    cell_min_lon, cell_min_lat, cell_max_lon, cell_max_lat = grid_cell_bounds(cell)
+    min_lon, min_lat, max_lon, max_lat = bbox
+    lon_spans = (
+        [(min_lon, max_lon)] if min_lon <= max_lon else [(min_lon, 180.0), (-180.0, max_lon)]
     )
-    all_params: list[Any] = []
-    for cell in cells:
-        all_params.extend((cell, *params, rows))
-    all_params.append(rows)
-    sql = (
-        f"SELECT {_E_COLUMNS} FROM ("
-        "SELECT u.id, u.started_at FROM (" + " UNION ALL ".join([part] * len(cells)) + ") AS u "
-        "ORDER BY u.started_at DESC, u.id DESC LIMIT %s"
-        ") AS k STRAIGHT_JOIN events e ON e.id = k.id "
-        "ORDER BY e.started_at DESC, e.id DESC"
+    width = sum(
+        max(0.0, min(cell_max_lon, high) - max(cell_min_lon, low)) for low, high in lon_spans
     )
-    return sql, all_params
+    height = max(0.0, min(cell_max_lat, max_lat) - max(cell_min_lat, min_lat))
+    return width * height * GRID_STEPS_PER_DEGREE**2
 
 
 def _event_filters(
