@@ -414,7 +414,7 @@ function renderSummary() {
     total === 0
       ? t("stats.summary_empty")
       : t("stats.summary_text", {
-          total,
+          total: formatNumber(total),
           parts: TYPES.filter((type) => typeTotal(type) > 0)
             .map((type) => `${t(`type.${type}`)} ${formatNumber(typeTotal(type))}`)
             .join(", "),
