@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 if TYPE_CHECKING:
     from roadwatch.domain.accident import AccidentRules
     from roadwatch.domain.detector import DetectionRules
+    from roadwatch.domain.partition import Partitioning
 
 
 # Values that a human might leave in a copied env file; refused outside development.
@@ -110,10 +111,31 @@ class Settings(BaseSettings):
     # Detection state saved by the gateway (a snapshot at most this often, and at shutdown).
     state_snapshot_interval_s: float = 5.0
     gateway_metrics_port: int = 8001
+    # Several gateway instances sharing the load (README "Scaling the gateway"): how many, and
+    # which one this is (0 .. partitions - 1). One partition is a single gateway, as always.
+    gateway_partitions: int = Field(1, ge=1, le=64)
+    gateway_instance: int = Field(0, ge=0)
+    # Places are grid cells this many metres across, each owned by one instance; a message
+    # within the margin of another cell also goes to that cell's owner.
+    gateway_partition_cell_m: float = 5000.0
+    gateway_partition_margin_m: float = 1000.0
+    # The MQTT 5 shared-subscription group the instances take vehicle messages through.
+    gateway_share_group: str = Field("roadwatch-gateways", pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
     # Native runner
     run_dir: Path = Path(".run")
     demo: bool = True
+
+    @model_validator(mode="after")
+    def _check_gateway_instance(self) -> Settings:
+        if self.gateway_instance >= self.gateway_partitions:
+            raise ValueError(
+                f"ROADWATCH_GATEWAY_INSTANCE must be below ROADWATCH_GATEWAY_PARTITIONS"
+                f" ({self.gateway_partitions})"
+            )
+        if not 0 <= self.gateway_partition_margin_m < self.gateway_partition_cell_m:
+            raise ValueError("ROADWATCH_GATEWAY_PARTITION_MARGIN_M must be below the cell size")
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
@@ -143,6 +165,31 @@ class Settings(BaseSettings):
     @property
     def gateway_jid(self) -> str:
         return f"gateway@{self.xmpp_domain}"
+
+    @property
+    def gateway_name(self) -> str:
+        """Name this gateway instance: its state folder, status file and XMPP resource."""
+        if self.gateway_partitions == 1:
+            return "gateway"
+        return f"gateway-{self.gateway_instance}"
+
+    @property
+    def gateway_client_id(self) -> str:
+        """Return this instance's MQTT client id (each has its own persistent session)."""
+        if self.gateway_partitions == 1 or not self.mqtt_gateway_client_id:
+            return self.mqtt_gateway_client_id
+        return f"{self.mqtt_gateway_client_id}-{self.gateway_instance}"
+
+    @property
+    def gateway_partitioning(self) -> Partitioning:
+        """Return the partition function shared by every gateway instance."""
+        from roadwatch.domain.partition import Partitioning  # noqa: PLC0415
+
+        return Partitioning(
+            partitions=self.gateway_partitions,
+            cell_m=self.gateway_partition_cell_m,
+            margin_m=self.gateway_partition_margin_m,
+        )
 
     @property
     def collector_jid(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
@@ -22,6 +22,12 @@ VEHICLE_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
     ("vehicles/+/denm", 1),
     ("owntracks/+/+", 1),
 )
+# Gateway instances sharing the load: each takes its share of the vehicle topics through an
+# MQTT 5 shared subscription and passes messages on to the instance owning them on
+# `roadwatch/partition/{instance}/{original topic}` (domain/partition.py).
+PARTITION_PREFIX = "roadwatch/partition/"
+# PUBACK reason code "No matching subscribers" (MQTT 5 §3.4.2.1): the owner never subscribed.
+_NO_MATCHING_SUBSCRIBERS = 16
 # The broker keeps the gateway's subscriptions and queued QoS 1 messages this long while it
 # is away, so DENMs survive a gateway restart (SPEC §10).
 SESSION_EXPIRY_S = 3600
@@ -52,17 +58,30 @@ class MqttEndpoint:
 
 
 MessageHandler = Callable[[str, bytes], None]
+# (topic, payload, passed on by another instance) -> the instances to pass the message on to.
+PartitionHandler = Callable[[str, bytes, bool], Sequence[int]]
+
+
+def shared_subscriptions(group: str) -> tuple[tuple[str, int], ...]:
+    """Return the vehicle subscriptions as members of the shared-subscription `group`."""
+    return tuple((f"$share/{group}/{topic}", qos) for topic, qos in VEHICLE_SUBSCRIPTIONS)
+
+
+def partition_topic(instance: int, topic: str = "#") -> str:
+    """Return the topic on which `instance` receives messages passed on to it."""
+    return f"{PARTITION_PREFIX}{instance}/{topic}"
 
 
 class _Connection:
     """One long-lived paho client with its network thread and reconnect back-off."""
 
-    def __init__(self, endpoint: MqttEndpoint, persistent: bool) -> None:
+    def __init__(self, endpoint: MqttEndpoint, persistent: bool, manual_ack: bool = False) -> None:
         self.endpoint = endpoint
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=endpoint.client_id,
             protocol=paho.MQTTv5,
+            manual_ack=manual_ack,
         )
         self.client.username_pw_set(endpoint.username, endpoint.password)
         self.client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
@@ -181,6 +200,88 @@ class MqttSubscriber(_Connection):
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         self._handler(message.topic, bytes(message.payload))
+
+
+class PartitionedSubscriber(_Connection):
+    """One gateway instance of several: a share of the vehicle topics, its own partition topic.
+
+    The handler tells which other instances a message belongs to as well; this passes it on
+    to them unchanged, at its own QoS. A QoS 1 message is acknowledged to the broker only
+    once every instance's copy is acknowledged, so a DENM survives this process dying in
+    between (the broker delivers it again).
+    """
+
+    def __init__(
+        self, endpoint: MqttEndpoint, instance: int, share_group: str, handler: PartitionHandler
+    ) -> None:
+        super().__init__(endpoint, persistent=bool(endpoint.client_id), manual_ack=True)
+        self.subscriptions = (
+            *shared_subscriptions(share_group),
+            (partition_topic(instance), 1),
+        )
+        self._own_prefix = partition_topic(instance, "")
+        self._handler = handler
+        # Copies passed on, by their message id -> the received message's id; and how many
+        # copies each received message still waits for.
+        self._copies: dict[int, int] = {}
+        self._waiting: dict[int, int] = {}
+        self.forwarded = 0
+        self.unrouted = 0
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+
+    def on_connected(self) -> None:
+        result, _mid = self.client.subscribe(list(self.subscriptions))
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.error("MQTT subscribe failed: %s", result)
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        topic = message.topic
+        passed_on = topic.startswith(self._own_prefix)
+        if passed_on:
+            topic = topic[len(self._own_prefix) :]
+        payload = bytes(message.payload)
+        owners = self._handler(topic, payload, passed_on)
+        qos = message.qos
+        pending = 0
+        for owner in owners:
+            info = client.publish(partition_topic(owner, topic), payload, qos=qos)
+            self.forwarded += 1
+            if qos and info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                # paho keeps a QoS 1 copy and sends it again after a reconnection.
+                self._copies[info.mid] = message.mid
+                pending += 1
+            elif info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                log.warning(
+                    "MQTT: passing %.80s on to instance %d failed: %s", topic, owner, info.rc
+                )
+        if pending:
+            self._waiting[message.mid] = pending
+        elif qos:
+            client.ack(message.mid, qos)
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.value == _NO_MATCHING_SUBSCRIBERS:
+            # That instance has never connected to this broker: nobody keeps its share.
+            self.unrouted += 1
+            if self.unrouted == 1 or self.unrouted % 1000 == 0:
+                log.warning("MQTT: %d messages passed on to an instance never seen", self.unrouted)
+        received = self._copies.pop(mid, None)
+        if received is None:
+            return
+        left = self._waiting.get(received, 1) - 1
+        if left > 0:
+            self._waiting[received] = left
+            return
+        self._waiting.pop(received, None)
+        client.ack(received, 1)
 
 
 class MqttPublisher(_Connection):

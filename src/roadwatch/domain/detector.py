@@ -136,10 +136,17 @@ class Detector:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def process(self, message: Cam | Denm) -> list[Event]:
-        """Apply one message; return the events it causes, oldest cause first."""
+    def process(
+        self, message: Cam | Denm, track_zones: bool = True, detect_traffic: bool = True
+    ) -> list[Event]:
+        """Apply one message; return the events it causes, oldest cause first.
+
+        A gateway instance sharing the load (domain/partition.py) keeps zone state only for
+        its own stations (`track_zones`) and place-bound state (jams, accidents, hazards)
+        only for its own places and their halo (`detect_traffic`).
+        """
         if not isinstance(message, Cam):
-            return self._process_denm(message)
+            return self._process_denm(message) if detect_traffic else []
         # The CAM path is the hot one (SPEC §10): kept flat, without helper calls when idle.
         t = message.timestamp_ms
         station_id = message.station_id
@@ -162,23 +169,25 @@ class Detector:
             else:
                 clock = self._advance(station_id, t)
         events = self._expire(clock) if clock >= self._due_ms else []
-        jams = self._jams
-        produced = jams.on_cam(message, clock)
-        if produced:
-            events += produced
-        zones = self._zones
-        produced = zones.on_position(station_id, t, message.lat, message.lon, clock)
-        if produced:
-            events += produced
-            # A zone timeout can only come closer through an enter, which is an event: a
-            # refreshed station only pushes its own timeout later, and an early `_due_ms` is
-            # merely re-checked by `_expire`.
-            due = zones.next_due_ms()
+        if detect_traffic:
+            jams = self._jams
+            produced = jams.on_cam(message, clock)
+            if produced:
+                events += produced
+            due = jams.next_due_ms()
             if due is not None and due < self._due_ms:
                 self._due_ms = due
-        due = jams.next_due_ms()
-        if due is not None and due < self._due_ms:
-            self._due_ms = due
+        if track_zones:
+            zones = self._zones
+            produced = zones.on_position(station_id, t, message.lat, message.lon, clock)
+            if produced:
+                events += produced
+                # A zone timeout can only come closer through an enter, which is an event: a
+                # refreshed station only pushes its own timeout later, and an early `_due_ms`
+                # is merely re-checked by `_expire`.
+                due = zones.next_due_ms()
+                if due is not None and due < self._due_ms:
+                    self._due_ms = due
         if clock >= self._next_sweep_ms:
             self._sweep(clock)
         return events
@@ -208,6 +217,22 @@ class Detector:
             detector = self._hazards
             events += detector.on_denm(denm, clock)
         self._note_due(detector.next_due_ms())
+        if clock >= self._next_sweep_ms:
+            self._sweep(clock)
+        return events
+
+    def tick(self, station_id: str, timestamp_ms: int) -> list[Event]:
+        """Move the clock with a message that another instance handles; return what expires.
+
+        An instance sharing the load owns a part of the messages, but it receives a random
+        share of all of them: their timestamps keep its clock close to the whole fleet's,
+        so its timeouts fire when a single gateway's would. No other state changes.
+        """
+        clock = self.clock_ms
+        if clock is not None and timestamp_ms <= clock:
+            return []
+        clock = self._advance(station_id, timestamp_ms)
+        events = self._expire(clock) if clock >= self._due_ms else []
         if clock >= self._next_sweep_ms:
             self._sweep(clock)
         return events

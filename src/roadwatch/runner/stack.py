@@ -45,18 +45,23 @@ class Part(Protocol):
 
 @dataclass
 class PythonService:
-    """One RoadWatch service (`roadwatch NAME`) as a background process."""
+    """One RoadWatch service (`roadwatch NAME`, or `roadwatch COMMAND`) as a background process.
+
+    `command` runs one service under another name, e.g. gateway instances `gateway-0`,
+    `gateway-1` sharing the load, each with its own pid file and log.
+    """
 
     name: str
     settings: Settings
     layout: RunLayout
     probe: Callable[[], bool]
+    command: str | None = None
 
     def start(self) -> None:
         env = dict(os.environ)
         env.update(self.settings.as_environment())
         env["ROADWATCH_ENV_FILE"] = ""  # everything is in the environment already
-        argv = [sys.executable, "-m", "roadwatch", self.name]
+        argv = [sys.executable, "-m", "roadwatch", self.command or self.name]
         start_process(self.layout, self.name, argv, env=env, cwd=repo_dir())
         wait_until(
             self.healthy,

@@ -23,13 +23,13 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
-from roadwatch.adapters.mqtt import MqttEndpoint, MqttSubscriber
+from roadwatch.adapters.mqtt import MqttEndpoint, MqttSubscriber, PartitionedSubscriber
 from roadwatch.adapters.state import (
     Journal,
     JournalStats,
@@ -42,7 +42,8 @@ from roadwatch.adapters.state import (
 from roadwatch.adapters.xmpp import EventSender, XmppClosed
 from roadwatch.domain.detector import Detector
 from roadwatch.domain.events import Event, EventStatus, EventType, ms_to_rfc3339
-from roadwatch.domain.messages import Rejected, RejectReason, parse_message
+from roadwatch.domain.messages import Cam, Denm, Rejected, RejectReason, parse_message
+from roadwatch.domain.partition import Partitioning
 from roadwatch.domain.zones import Zone
 from roadwatch.services.status import STATUS_INTERVAL_S, StatusFile
 from roadwatch.services.zone_sync import ZoneSync
@@ -73,6 +74,12 @@ _ZONE_SYNC_COUNTERS = frozenset(
     {"zone_loads", "zone_polls", "zone_db_failures", "zone_callback_errors"}
 )
 HTTP_MAX_REQUEST = 8192
+# Where an instance sharing the load keeps which place-bound events it owns, inside the
+# detector's snapshot (the detector ignores keys it does not know).
+PARTITION_SNAPSHOT_KEY = "gateway_partition"
+# Place-bound events belong to the instance owning their first position (domain/partition.py);
+# zone crossings to the instance owning their station, the only one that tracks it.
+_PLACE_BOUND = frozenset({EventType.ACCIDENT, EventType.TRAFFIC_JAM, EventType.HAZARD})
 
 
 class RejectionLog:
@@ -269,6 +276,13 @@ class Gateway:
         self.events: Counter[tuple[str, str]] = Counter()
         self.started_at = time.time()
         self._future_tolerance_ms = round(settings.future_tolerance_s * 1000)
+        # Sharing the load with other instances (README "Scaling the gateway").
+        self.partitioning: Partitioning = settings.gateway_partitioning
+        self.instance = settings.gateway_instance
+        # Place-bound events seen here, active ones only: id -> whether this instance sends it.
+        self._event_owned: dict[str, bool] = {}
+        self.passed_on_received = 0
+        self.events_elsewhere = 0
         # Guards the detector, the journal and the outbox's producer side.
         self._lock = threading.Lock()
         # Serialises snapshot writes, which run in worker threads.
@@ -306,6 +320,84 @@ class Gateway:
                 self.outbox.put(events)
         if events and self.outbox.full:
             self.outbox.wait_for_room()
+
+    def handle_partitioned(self, topic: str, payload: bytes, passed_on: bool) -> Sequence[int]:
+        """Validate and detect what this instance owns; return the other owners (MQTT thread).
+
+        A message passed on by another instance was already sent to every owner: it is
+        never passed on again.
+        """
+        now = time.time()
+        self.received += 1
+        if passed_on:
+            self.passed_on_received += 1
+        try:
+            message = parse_message(topic, payload, round(now * 1000), self._future_tolerance_ms)
+        except Rejected as rejected:
+            if rejected.reason is RejectReason.IGNORED_TYPE:
+                self.ignored += 1
+            else:
+                self.rejections.record(rejected, topic, now)
+            return ()
+        routes = self.partitioning.routes(
+            message.station_id, message.lat, message.lon, cam=isinstance(message, Cam)
+        )
+        route = routes.get(self.instance)
+        detector = self.detector
+        with self._lock:
+            if route is None:
+                # Not ours: its time still moves our clock (see Detector.tick).
+                events = detector.tick(message.station_id, message.timestamp_ms)
+                journaled = bool(events)  # replayed as a tick, so its expiries come back
+            else:
+                accepted = detector.accepted
+                events = detector.process(message, route.zones, route.traffic)
+                journaled = detector.accepted != accepted
+            journal = self.journal
+            if journal is not None and journaled:
+                journal.append(encode_message(message))
+                if events or not topic.endswith("/cam") or journal.pending >= JOURNAL_BATCH:
+                    journal.flush()
+            if events:
+                events = self._owned(events)
+            if events:
+                self._count(events)
+                self.outbox.put(events)
+        if events and self.outbox.full:
+            self.outbox.wait_for_room()
+        if passed_on:
+            return ()
+        return [owner for owner in routes if owner != self.instance]
+
+    def _owned(self, events: list[Event]) -> list[Event]:
+        """Keep the events this instance sends (under the lock).
+
+        A place-bound event is sent by the owner of its first version's position, for its
+        whole life: the instances that see it through their halo compute it too but stay
+        silent, so each version leaves once.
+        """
+        owned_ids = self._event_owned
+        kept: list[Event] = []
+        for event in events:
+            if event.type not in _PLACE_BOUND:
+                kept.append(event)
+                continue
+            owned = owned_ids.get(event.id)
+            if owned is None:
+                owned = self.partitioning.area_owner(event.lat, event.lon) == self.instance
+            if event.status is EventStatus.ACTIVE:
+                owned_ids[event.id] = owned
+            else:
+                owned_ids.pop(event.id, None)
+            if owned:
+                kept.append(event)
+            else:
+                self.events_elsewhere += 1
+        return kept
+
+    @property
+    def partitioned(self) -> bool:
+        return self.partitioning.partitions > 1
 
     # -- the event loop -------------------------------------------------------------------
 
@@ -350,6 +442,8 @@ class Gateway:
                 self.snapshots.restored = True
             except ValueError as exc:
                 log.warning("gateway state: snapshot not restored, starting afresh: %s", exc)
+            else:
+                self._restore_owned(loaded.detector.get(PARTITION_SNAPSHOT_KEY))
         # Possibly delivered already: sent again, the collector keeps one row per id and version.
         self.outbox.put(loaded.outbox)
         self.snapshots.resent_events = len(loaded.outbox)
@@ -357,6 +451,8 @@ class Gateway:
         for record in loaded.records:
             if isinstance(record, list):
                 replayed += detector.set_zones(record)
+            elif self.partitioned:
+                replayed += self._replay_partitioned(record)
             else:
                 replayed += detector.process(record)
         self.outbox.put(replayed)
@@ -369,6 +465,46 @@ class Gateway:
             len(loaded.outbox),
             len(replayed),
         )
+
+    def _replay_partitioned(self, message: Cam | Denm) -> list[Event]:
+        """Apply a journaled message as it was applied live: the same route, the same owners."""
+        route = self.partitioning.routes(
+            message.station_id, message.lat, message.lon, cam=isinstance(message, Cam)
+        ).get(self.instance)
+        if route is None:
+            events = self.detector.tick(message.station_id, message.timestamp_ms)
+        else:
+            events = self.detector.process(message, route.zones, route.traffic)
+        return self._owned(events) if events else events
+
+    def _partition_snapshot(self) -> dict[str, Any]:
+        partitioning = self.partitioning
+        return {
+            "instance": self.instance,
+            "partitions": partitioning.partitions,
+            "cell_m": partitioning.cell_m,
+            "margin_m": partitioning.margin_m,
+            "owned": dict(self._event_owned),
+        }
+
+    def _restore_owned(self, saved: Any) -> None:
+        if not self.partitioned:
+            return
+        if not isinstance(saved, dict):
+            log.warning("gateway state: no partition in the snapshot; owners decided afresh")
+            return
+        current = self._partition_snapshot()
+        changed = [
+            key
+            for key in ("instance", "partitions", "cell_m", "margin_m")
+            if saved.get(key) != current[key]
+        ]
+        if changed:
+            # The saved state was detected under other owners; see README "Scaling the gateway".
+            log.warning("gateway state: partitioning changed (%s) since the snapshot", changed)
+        owned = saved.get("owned")
+        if isinstance(owned, dict):
+            self._event_owned = {str(key): bool(value) for key, value in owned.items()}
 
     def capture(self, acked: int | None = None, force: bool = False) -> _Capture | None:
         """Take a snapshot under the lock, switching the journal to a new segment.
@@ -392,7 +528,10 @@ class Gateway:
             gc.disable()
             try:
                 segment = journal.rotate()
-                capture = _Capture(self.detector.snapshot(), self.outbox.pending(), segment)
+                state = self.detector.snapshot()
+                if self.partitioned:
+                    state[PARTITION_SNAPSHOT_KEY] = self._partition_snapshot()
+                capture = _Capture(state, self.outbox.pending(), segment)
             finally:
                 if gc_was_enabled:
                     gc.enable()
@@ -458,6 +597,16 @@ class Gateway:
             "outbox": self.outbox.unsent,
             "snapshots": self.snapshots.saved,
             "rejected": dict(self.rejections.counts),
+            **self._partition_counters(),
+        }
+
+    def _partition_counters(self) -> dict[str, int]:
+        if not self.partitioned:
+            return {}
+        return {
+            "instance": self.instance,
+            "passed_on_received": self.passed_on_received,
+            "events_elsewhere": self.events_elsewhere,
         }
 
     def health(self, mqtt_connected: bool, xmpp_online: bool) -> dict[str, Any]:
@@ -694,21 +843,30 @@ class GatewayService:
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
-        self.gateway = Gateway(settings, loop, StateStore(settings.run_dir / "gateway"))
-        self.status = StatusFile(settings.run_dir, "gateway")
+        name = settings.gateway_name
+        self.gateway = Gateway(settings, loop, StateStore(settings.run_dir / name))
+        self.status = StatusFile(settings.run_dir, name)
         self.sender = EventSender(settings)
         self.sink = SenderSink(self.sender)
         self.zone_sync = ZoneSync(settings, self.gateway.apply_zones)
-        self.subscriber = MqttSubscriber(
-            MqttEndpoint(
-                host=settings.mqtt_host,
-                port=settings.mqtt_port,
-                username=settings.mqtt_gateway_user,
-                password=settings.mqtt_gateway_password.get_secret_value(),
-                client_id=settings.mqtt_gateway_client_id,
-            ),
-            handler=self.gateway.handle,
+        endpoint = MqttEndpoint(
+            host=settings.mqtt_host,
+            port=settings.mqtt_port,
+            username=settings.mqtt_gateway_user,
+            password=settings.mqtt_gateway_password.get_secret_value(),
+            client_id=settings.gateway_client_id,
         )
+        self.subscriber: MqttSubscriber | PartitionedSubscriber
+        if self.gateway.partitioned:
+            _check_margin(settings)
+            self.subscriber = PartitionedSubscriber(
+                endpoint,
+                settings.gateway_instance,
+                settings.gateway_share_group,
+                self.gateway.handle_partitioned,
+            )
+        else:
+            self.subscriber = MqttSubscriber(endpoint, handler=self.gateway.handle)
         self.metrics = MetricsServer(
             "127.0.0.1",
             settings.gateway_metrics_port,
@@ -741,7 +899,14 @@ class GatewayService:
                 await asyncio.to_thread(self.subscriber.start)
                 self._subscribed = True
                 log.info(
-                    "gateway ready: %s → %s", self.settings.mqtt_host, self.settings.collector_jid
+                    "%s ready: %s → %s%s",
+                    self.settings.gateway_name,
+                    self.settings.mqtt_host,
+                    self.settings.collector_jid,
+                    f" (instance {self.settings.gateway_instance} of"
+                    f" {self.settings.gateway_partitions})"
+                    if gateway.partitioned
+                    else "",
                 )
                 while not stop.is_set():
                     self.status.write("ready", {**gateway.counters(), **self.sender.counters()})
@@ -809,7 +974,28 @@ class GatewayService:
             if isinstance(value, int):
                 name = key if key.startswith("zone") else f"zone_{key}"
                 figures[f"{name}_total" if key in _ZONE_SYNC_COUNTERS else name] = value
+        subscriber = self.subscriber
+        if isinstance(subscriber, PartitionedSubscriber):
+            gateway = self.gateway
+            figures["partition_instance"] = gateway.instance
+            figures["partitions"] = gateway.partitioning.partitions
+            figures["partition_forwarded_total"] = subscriber.forwarded
+            figures["partition_unrouted_total"] = subscriber.unrouted
+            figures["partition_received_total"] = gateway.passed_on_received
+            figures["partition_events_elsewhere_total"] = gateway.events_elsewhere
         return figures
+
+
+def _check_margin(settings: Settings) -> None:
+    """Warn when the halo is too narrow for the owner of an event to see all of it."""
+    reach = 2 * max(settings.accident_radius_m, settings.hazard_radius_m)
+    if settings.gateway_partition_margin_m < reach:
+        log.warning(
+            "ROADWATCH_GATEWAY_PARTITION_MARGIN_M (%.0f m) is below twice the accident and"
+            " hazard radius (%.0f m): events near a cell border may be missed or doubled",
+            settings.gateway_partition_margin_m,
+            reach,
+        )
 
 
 async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> bool:

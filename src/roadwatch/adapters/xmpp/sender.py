@@ -23,7 +23,6 @@ from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RESOURCE = "gateway"
 # Events waiting for the session. Events are far rarer than vehicle messages, so this absorbs
 # minutes of an XMPP outage before `submit` starts to hold the producer.
 QUEUE_SIZE = 10_000
@@ -75,7 +74,8 @@ class EventSender:
         # Set whenever the pump frees a slot of the queue (waited on by send()).
         self._room = asyncio.Event()
         self._connection = Connection(
-            jid=f"{settings.gateway_jid}/{RESOURCE}",
+            # "gateway", or "gateway-N" for each instance sharing the load.
+            jid=f"{settings.gateway_jid}/{settings.gateway_name}",
             password=settings.xmpp_gateway_password.get_secret_value(),
             host=settings.xmpp_host,
             port=settings.xmpp_port,
