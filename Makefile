@@ -3,7 +3,8 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export ROADWATCH_DEMO ?= 1
 
-.PHONY: help up down status reset logs test test-unit test-integration test-e2e lint bench bootstrap
+.PHONY: help up down status reset logs test test-unit test-integration test-e2e lint bench bootstrap \
+	compose-up compose-down compose-test compose-lint
 
 help:
 	@echo "make up       install what is missing, start everything, print the URL"
@@ -14,6 +15,10 @@ help:
 	@echo "make test     every test (unit, integration, end to end) on real servers"
 	@echo "make lint     ruff and mypy"
 	@echo "make bench    performance benchmarks"
+	@echo "make compose-up    the same system as containers (docker-compose), built and started"
+	@echo "make compose-down  stop the containers (volumes are kept)"
+	@echo "make compose-test  build, boot and test the containers end to end, then remove them"
+	@echo "make compose-lint  hadolint on every Dockerfile"
 
 bootstrap:
 	@deploy/native/bootstrap.sh
@@ -53,3 +58,20 @@ lint:
 
 bench:
 	@$(VENV)/python -m bench
+
+# Containers (compose.yaml): the same deploy/ files, one image per server, one for Python.
+COMPOSE := docker-compose
+
+compose-up:
+	@deploy/compose/prepare.sh
+	@$(COMPOSE) up --detach --build
+	@$(COMPOSE) ps
+
+compose-down:
+	@$(COMPOSE) down
+
+compose-test:
+	@deploy/compose/test.sh
+
+compose-lint:
+	@deploy/compose/lint.sh

@@ -1,0 +1,31 @@
+# Mosquitto 2 for RoadWatch, configured with the native runner's own template
+# (deploy/mosquitto/mosquitto.conf and acl), rendered at container start.
+FROM debian:bookworm-slim
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# mosquitto-clients for the healthcheck (an authenticated connection); gettext-base for
+# envsubst, which renders the ${NAME} placeholders of the template.
+# The server's account is created first with a fixed id, so that the files of its named
+# volume keep their owner across rebuilds; the package then uses it.
+RUN groupadd --system --gid 901 mosquitto \
+    && useradd --system --uid 901 --gid mosquitto --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin mosquitto
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends mosquitto mosquitto-clients gettext-base \
+    && rm -rf /var/lib/apt/lists/* \
+    && install -d -o mosquitto -g mosquitto -m 0750 /var/lib/mosquitto
+
+COPY deploy/mosquitto/mosquitto.conf deploy/mosquitto/acl /etc/roadwatch/mosquitto/
+COPY deploy/docker/mosquitto-entrypoint.sh /usr/local/bin/roadwatch-mosquitto
+COPY deploy/docker/mosquitto-account.sh /usr/local/bin/roadwatch-mqtt-account
+
+# The broker's folder: password file, ACL, rendered config and persistence (a named volume).
+ENV ROADWATCH_MOSQUITTO_DIR=/var/lib/mosquitto \
+    ROADWATCH_MQTT_PORT=1883 \
+    ROADWATCH_MQTT_BIND=0.0.0.0
+
+USER 901
+EXPOSE 1883
+ENTRYPOINT ["roadwatch-mosquitto"]

@@ -1,0 +1,108 @@
+"""The compose deployment under test: its env file, its project, a browser.
+
+These tests run against containers that `make compose-test` (deploy/compose/test.sh) built
+and started; `make test` does not collect them (pyproject.toml ignores this folder).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from roadwatch.runner.envfile import read_env_file
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """How to reach the running containers from this machine."""
+
+    project: str
+    env: dict[str, str]
+
+    def value(self, name: str, default: str = "") -> str:
+        return self.env.get(name, default)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.value('ROADWATCH_HTTP_PORT', '8080')}"
+
+    @property
+    def mqtt_port(self) -> int:
+        return int(self.value("ROADWATCH_MQTT_PORT", "1883"))
+
+    def containers(self) -> dict[str, str]:
+        """Map each running service to its published ports, as `docker ps` shows them."""
+        result = subprocess.run(
+            [
+                "docker",
+                "ps",
+                "--filter",
+                f"label=com.docker.compose.project={self.project}",
+                "--format",
+                '{{.Label "com.docker.compose.service"}}\t{{.Ports}}',
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        found: dict[str, str] = {}
+        for line in result.stdout.splitlines():
+            service, _, ports = line.partition("\t")
+            found[service] = ports
+        return found
+
+    def exec(self, service: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        """Run a command in the (first) container of `service`."""
+        name = subprocess.run(
+            [
+                "docker",
+                "ps",
+                "-q",
+                "--filter",
+                f"label=com.docker.compose.project={self.project}",
+                "--filter",
+                f"label=com.docker.compose.service={service}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[0]
+        return subprocess.run(
+            ["docker", "exec", name, *argv], capture_output=True, text=True, check=False
+        )
+
+
+@pytest.fixture(scope="session")
+def deployment() -> Deployment:
+    """The deployment named by ROADWATCH_COMPOSE_ENV_FILE and ROADWATCH_COMPOSE_PROJECT."""
+    env_file = Path(os.environ.get("ROADWATCH_COMPOSE_ENV_FILE", str(REPO / ".env")))
+    if not env_file.is_file():
+        pytest.fail(f"no env file {env_file}: run `make compose-test`")
+    # docker-compose's default project name: the folder's name, lower case, alphanumerics only.
+    default_project = re.sub(r"[^a-z0-9]", "", REPO.name.lower())
+    project = os.environ.get("ROADWATCH_COMPOSE_PROJECT", default_project)
+    return Deployment(project, read_env_file(env_file))
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium driven by Playwright."""
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
