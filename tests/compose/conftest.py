@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from roadwatch.runner.envfile import read_env_file
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import headless_chromium
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -100,9 +100,5 @@ def deployment() -> Deployment:
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     """Headless Chromium driven by Playwright."""
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with headless_chromium() as browser:
         yield browser
-        browser.close()

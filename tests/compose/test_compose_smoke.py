@@ -6,15 +6,20 @@ served by the API through Apache and shown live in Chromium (BOSH through Apache
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
 import pytest
 
 from roadwatch.adapters.mqtt import MqttAuthError, MqttEndpoint, MqttPublisher
+from tests.e2e.helpers import (
+    accident_row,
+    api_events,
+    connected,
+    open_live_page,
+    poll_until,
+    publish_accident_pair,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -29,77 +34,40 @@ DEADLINE_S = 10.0
 LAT, LON = 49.2536, 4.0340
 
 
-def accident_denm(station: str, lat: float, lon: float, ts_ms: int) -> bytes:
-    return orjson.dumps(
-        {
-            "stationId": station,
-            "stationType": 5,
-            "timestamp": ts_ms,
-            "lat": lat,
-            "lon": lon,
-            "causeCode": 2,
-            "subCauseCode": 0,
-        }
-    )
-
-
-def api_events(deployment: Deployment, station: str) -> list[dict[str, Any]]:
-    url = f"{deployment.http_url}/api/events?station={station}"
-    with urllib.request.urlopen(url, timeout=2) as response:
-        items: list[dict[str, Any]] = json.load(response)["items"]
-    return items
-
-
 def test_accident_reports_reach_the_api_and_the_browser(
     deployment: Deployment, browser: Browser
 ) -> None:
-    page = browser.new_page()
-    console_errors: list[str] = []
-    page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
-    page.goto(f"{deployment.http_url}/")
     # Logged in anonymously to the containerised Prosody over BOSH through Apache.
-    page.wait_for_selector("#connection[data-state='live']", timeout=20_000)
+    page, errors = open_live_page(browser, deployment.http_url, timeout_ms=20_000)
 
     suffix = str(time.time_ns())[-6:]
     first, second = f"compose-a-{suffix}", f"compose-b-{suffix}"
-    fleet = MqttPublisher(
-        MqttEndpoint(
-            "127.0.0.1",
-            deployment.mqtt_port,
-            deployment.value("ROADWATCH_MQTT_FLEET_USER", "roadwatch-fleet"),
-            deployment.value("ROADWATCH_MQTT_FLEET_PASSWORD"),
-        )
+    fleet_account = MqttEndpoint(
+        "127.0.0.1",
+        deployment.mqtt_port,
+        deployment.value("ROADWATCH_MQTT_FLEET_USER", "roadwatch-fleet"),
+        deployment.value("ROADWATCH_MQTT_FLEET_PASSWORD"),
     )
-    fleet.start()
     try:
-        now_ms = int(time.time() * 1000)
-        fleet.publish(f"vehicles/{first}/denm", accident_denm(first, LAT, LON, now_ms), 1)
-        fleet.publish(
-            f"vehicles/{second}/denm",
-            accident_denm(second, LAT + 0.0004, LON + 0.0005, now_ms + 500),
-            1,
-        ).wait_for_publish(5)
+        with connected(fleet_account) as fleet:
+            publish_accident_pair(fleet, first, second, LAT, LON)
         deadline = time.monotonic() + DEADLINE_S
 
-        items: list[dict[str, Any]] = []
-        while not items and time.monotonic() < deadline:
-            items = api_events(deployment, first)
-            time.sleep(0.1)
-        assert items, f"no event for {first} in GET /api/events within {DEADLINE_S} s"
+        items = poll_until(
+            f"an event for {first} in GET /api/events",
+            lambda: api_events(deployment.http_url, station=first),
+            deadline,
+            interval_s=0.1,
+        )
         assert len(items) == 1
         event = items[0]
         assert event["type"] == "accident"
         assert event["status"] == "active"
         assert sorted(event["station_ids"]) == sorted([first, second])
 
-        row = page.locator(f"tr[data-event-id='{event['id']}']")
-        remaining_ms = max(0.0, (deadline - time.monotonic()) * 1000)
-        row.wait_for(state="visible", timeout=remaining_ms + 1000)
-        assert row.get_attribute("data-type") == "accident"
-        assert "Accident" in row.inner_text()
-        assert console_errors == []
+        accident_row(page, event["id"], deadline, grace_ms=1000)
+        assert errors == []
     finally:
-        fleet.stop()
         page.close()
 
 

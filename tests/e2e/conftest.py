@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from roadwatch.runner.stack import PythonService, service_probe
+from tests.browser import headless_chromium
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -21,18 +22,8 @@ if TYPE_CHECKING:
     from roadwatch.runner.prosody import Prosody
     from roadwatch.settings import Settings
 
-CHROMIUM = "/usr/bin/chromium"
 # Screenshots of every page, saved by the browser tests for people to look at (git-ignored).
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
-# Flags that keep headless Chromium off the (closed) network and quiet (FACTS).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @dataclass
@@ -79,12 +70,8 @@ def system(running_system: RunningSystem) -> Settings:
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     """Headless Chromium driven by Playwright."""
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with headless_chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="session")

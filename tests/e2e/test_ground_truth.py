@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from roadwatch.services.replay import ReplayStats, replay
 from roadwatch.settings import Settings
 from tests.e2e.conftest import RunningSystem
 from tests.e2e.ground_truth import wait_for_ground_truth
+from tests.e2e.helpers import zones_request
 from tests.scenarios.truth import NAMES, SCENARIOS, expected_events, trace_lines
 
 pytestmark = pytest.mark.e2e
@@ -32,31 +32,17 @@ pytestmark = pytest.mark.e2e
 SPEEDUP = 50.0
 
 
-def zones_api(settings: Settings, method: str, path: str = "", body: Any = None) -> Any:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{settings.http_port}/api/zones{path}",
-        data=None if body is None else orjson.dumps(body),
-        method=method,
-        headers={
-            "Authorization": f"Bearer {settings.api_token.get_secret_value()}",
-            "Content-Type": "application/geo+json",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status in (200, 201, 204)
-        raw = response.read()
-    return orjson.loads(raw) if raw else None
-
-
 def put_zones_through_the_api(settings: Settings) -> None:
     """Make exactly the shipped Reims zones current, through the REST API as an operator would."""
     wanted = orjson.loads((deploy_dir() / "zones" / "reims.geojson").read_bytes())["features"]
     wanted_ids = {feature["properties"]["id"] for feature in wanted}
-    for feature in zones_api(settings, "GET")["features"]:
+    for feature in zones_request(settings, "GET").body["features"]:
         if feature["properties"]["id"] not in wanted_ids:
-            zones_api(settings, "DELETE", f"/{feature['properties']['id']}")
+            path = f"/{feature['properties']['id']}"
+            assert zones_request(settings, "DELETE", path).status == 204
     for feature in wanted:
-        zones_api(settings, "PUT", f"/{feature['properties']['id']}", feature)
+        path = f"/{feature['properties']['id']}"
+        assert zones_request(settings, "PUT", path, feature).status in (200, 201)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,11 +15,19 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 import pytest
 
-from roadwatch.adapters.mqtt import MqttEndpoint, MqttPublisher
 from roadwatch.adapters.mysql.connection import ConnectionPool
 from roadwatch.adapters.mysql.store import EventStore
 from roadwatch.domain.events import Event, EventStatus, EventType
-from tests.e2e.ground_truth import stored_events
+from tests.e2e.helpers import (
+    api_get,
+    connected,
+    console_errors,
+    fleet_endpoint,
+    report_until_stored,
+    site_url,
+    square_zone,
+    zones_request,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
@@ -178,8 +184,7 @@ def web(system: Settings, browser: Browser) -> Iterator[Callable[..., WebPage]]:
         )
         contexts.append(context)
         page = context.new_page()
-        errors: list[str] = []
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        errors = console_errors(page)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         # Which request failed, since the console names only the status.
         page.on(
@@ -190,18 +195,11 @@ def web(system: Settings, browser: Browser) -> Iterator[Callable[..., WebPage]]:
                 else None
             ),
         )
-        return WebPage(page, errors, f"http://127.0.0.1:{system.http_port}")
+        return WebPage(page, errors, site_url(system))
 
     yield new_page
     for context in contexts:
         context.close()
-
-
-def api_get(settings: Settings, path: str) -> Any:
-    with urllib.request.urlopen(
-        f"http://127.0.0.1:{settings.http_port}{path}", timeout=5
-    ) as answer:
-        return json.load(answer)
 
 
 def row_ids(page: Page) -> list[str]:
@@ -405,37 +403,6 @@ def test_history_speaks_french_after_the_switch(
 # --- Zones ------------------------------------------------------------------------------------
 
 
-def zone_call(settings: Settings, method: str, path: str, body: Any = None) -> int:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{settings.http_port}/api/zones{path}",
-        data=None if body is None else orjson.dumps(body),
-        method=method,
-        headers={
-            "Authorization": f"Bearer {settings.api_token.get_secret_value()}",
-            "Content-Type": "application/geo+json",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        status: int = response.status
-        return status
-
-
-def popup_zone(zone_id: str, name: str) -> dict[str, Any]:
-    d_lat, d_lon = 0.002, 0.003
-    ring = [
-        [POPUP_LON - d_lon, POPUP_LAT - d_lat],
-        [POPUP_LON + d_lon, POPUP_LAT - d_lat],
-        [POPUP_LON + d_lon, POPUP_LAT + d_lat],
-        [POPUP_LON - d_lon, POPUP_LAT + d_lat],
-        [POPUP_LON - d_lon, POPUP_LAT - d_lat],
-    ]
-    return {
-        "type": "Feature",
-        "geometry": {"type": "Polygon", "coordinates": [ring]},
-        "properties": {"id": zone_id, "name": name},
-    }
-
-
 def test_zones_page_lists_zones_and_counts_a_vehicle_entering(
     system: Settings, web: Callable[..., WebPage], screenshot: Callable[[Page, str], Path]
 ) -> None:
@@ -444,16 +411,8 @@ def test_zones_page_lists_zones_and_counts_a_vehicle_entering(
     zone_id, station = f"web-popup-{suffix}", f"web-car-{suffix}"
     # Markup in a name must show as text, never run.
     name = f"<b>Pop-up</b> site {suffix}"
-    assert zone_call(settings, "POST", "", popup_zone(zone_id, name)) == 201
-    car = MqttPublisher(
-        MqttEndpoint(
-            settings.mqtt_host,
-            settings.mqtt_port,
-            settings.mqtt_fleet_user,
-            settings.mqtt_fleet_password.get_secret_value(),
-        )
-    )
-    car.start()
+    popup = square_zone(zone_id, name, POPUP_LAT, POPUP_LON, half_lat=0.002, half_lon=0.003)
+    assert zones_request(settings, "POST", "", popup).status == 201
     try:
         view = web()
         page = view.page
@@ -465,26 +424,22 @@ def test_zones_page_lists_zones_and_counts_a_vehicle_entering(
         for shipped in SHIPPED_ZONE_NAMES:
             assert page.locator("#zone-rows th", has_text=shipped).count() == 1
         # Every zone's count is the API's.
-        for zone in api_get(settings, "/api/zones")["features"]:
+        for zone in api_get(site_url(settings), "/api/zones")["features"]:
             ident = zone["properties"]["id"]
-            count = api_get(settings, f"/api/zones/{ident}/occupancy")["count"]
+            count = api_get(site_url(settings), f"/api/zones/{ident}/occupancy")["count"]
             assert page.inner_text(f"tr[data-zone-id='{ident}'] .zone-count") == str(count)
 
         # The vehicle drives in while the page is open: the next refresh shows it.
-        deadline = time.monotonic() + 10
-        while not any(r["type"] == "zone_enter" for r in stored_events(settings, {station})):
-            assert time.monotonic() < deadline, "the vehicle's zone entry was not stored"
-            payload = {
-                "stationId": station,
-                "stationType": 5,
-                "timestamp": int(time.time() * 1000),
-                "lat": POPUP_LAT,
-                "lon": POPUP_LON,
-                "speed": 5.0,
-                "heading": 0.0,
-            }
-            car.publish(f"vehicles/{station}/cam", orjson.dumps(payload))
-            time.sleep(0.25)
+        with connected(fleet_endpoint(settings)) as car:
+            report_until_stored(
+                settings,
+                car,
+                station,
+                (POPUP_LAT, POPUP_LON),
+                lambda events: any(event["type"] == "zone_enter" for event in events),
+                "the vehicle's zone entry",
+                10,
+            )
         page.wait_for_function(
             f"() => document.querySelector(\"tr[data-zone-id='{zone_id}'] .zone-count\")"
             ".textContent == '1'",
@@ -518,8 +473,7 @@ def test_zones_page_lists_zones_and_counts_a_vehicle_entering(
         assert view.errors == []
         assert phone.errors == []
     finally:
-        car.stop()
-        zone_call(settings, "DELETE", f"/{zone_id}")
+        zones_request(settings, "DELETE", f"/{zone_id}")
 
 
 # --- Statistics -------------------------------------------------------------------------------
@@ -572,12 +526,12 @@ def summary_table(page: Page) -> dict[str, dict[str, int]]:
 def wait_until_no_event_arrives(settings: Settings, quiet_s: float = 2.0) -> None:
     """Wait until the stored events stop changing, so the page and the API count the same."""
     deadline = time.monotonic() + 60.0
-    last = api_get(settings, "/api/stats/summary")
+    last = api_get(site_url(settings), "/api/stats/summary")
     quiet_since = time.monotonic()
     while time.monotonic() - quiet_since < quiet_s:
         assert time.monotonic() < deadline, "events kept arriving for a minute"
         time.sleep(0.25)
-        now = api_get(settings, "/api/stats/summary")
+        now = api_get(site_url(settings), "/api/stats/summary")
         if now != last:
             last, quiet_since = now, time.monotonic()
 
@@ -595,7 +549,7 @@ def test_stats_page_draws_the_api_figures(
     view.open("/stats")
     period = shown_period(page)
 
-    summary = api_get(system, f"/api/stats/summary?{period}")
+    summary = api_get(site_url(system), f"/api/stats/summary?{period}")
     shown = summary_table(page)
     for kind, statuses in summary["by_type_and_status"].items():
         assert {s: shown[kind][s] for s in statuses} == statuses
@@ -610,12 +564,12 @@ def test_stats_page_draws_the_api_figures(
     assert painted_pixels(page, "summary-chart") > 0
     assert f"{summary['total']:,}" in page.inner_text("#summary-text")
 
-    series = api_get(system, f"/api/stats/timeseries?bucket=hour&{period}")
+    series = api_get(site_url(system), f"/api/stats/timeseries?bucket=hour&{period}")
     assert chart_total(page, "timeseries-chart") == sum(b["total"] for b in series["buckets"])
     assert painted_pixels(page, "timeseries-chart") > 0
     assert page.locator("#timeseries-table tbody tr").count() == len(series["buckets"])
 
-    hotspots = api_get(system, f"/api/stats/hotspots?limit=200&{period}")["cells"]
+    hotspots = api_get(site_url(system), f"/api/stats/hotspots?limit=200&{period}")["cells"]
     listed = page.locator("#hotspot-list li[data-count]")
     listed.first.wait_for(timeout=UI_TIMEOUT_MS)
     counts = [int(n) for n in listed.evaluate_all("items => items.map(li => li.dataset.count)")]
@@ -628,7 +582,9 @@ def test_stats_page_draws_the_api_figures(
     page.wait_for_function(
         "() => new URLSearchParams(location.search).get('hotspot') === 'accident'"
     )
-    accidents = api_get(system, f"/api/stats/hotspots?type=accident&limit=200&{period}")["cells"]
+    accidents = api_get(site_url(system), f"/api/stats/hotspots?type=accident&limit=200&{period}")[
+        "cells"
+    ]
     page.wait_for_function(
         f"() => document.querySelector('#hotspot-list li')?.dataset.count === "
         f"'{accidents[0]['count']}'",
@@ -644,7 +600,7 @@ def test_stats_page_draws_the_api_figures(
         " && new URLSearchParams(location.search).get('range') === '7d'"
     )
     period = shown_period(page)
-    week = api_get(system, f"/api/stats/timeseries?bucket=day&{period}")
+    week = api_get(site_url(system), f"/api/stats/timeseries?bucket=day&{period}")
     assert len(week["buckets"]) in (7, 8)
     page.wait_for_function(
         f"() => document.querySelectorAll('#timeseries-table tbody tr').length == "

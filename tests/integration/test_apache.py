@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -36,12 +37,21 @@ def get(settings: Settings, path: str, data: bytes | None = None) -> Page:
         return Page(error.code, dict(error.headers), error.read())
 
 
+@contextlib.contextmanager
+def api_running(settings: Settings, layout: RunLayout) -> Iterator[None]:
+    """The `roadwatch api` service behind Apache, for the duration."""
+    service = PythonService("api", settings, layout, service_probe(settings, "api"))
+    service.start()
+    try:
+        yield
+    finally:
+        service.stop()
+
+
 @pytest.fixture(scope="module")
 def api(test_settings: Settings, layout: RunLayout, mariadb: object) -> Iterator[None]:
-    service = PythonService("api", test_settings, layout, service_probe(test_settings, "api"))
-    service.start()
-    yield
-    service.stop()
+    with api_running(test_settings, layout):
+        yield
 
 
 def test_home_page_is_served_with_security_headers(test_settings: Settings, apache: Apache) -> None:

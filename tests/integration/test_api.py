@@ -50,13 +50,17 @@ def seed_events() -> list[Event]:
     return events
 
 
+def store_only(settings: Settings, events: list[Event]) -> list[Event]:
+    """Empty the events table and store `events`; return them as listed, newest start first."""
+    clear_events(settings)
+    with EventStore.connect(settings) as store:
+        assert len(store.upsert(events)) == len(events)
+    return sorted(events, key=lambda e: (e.started_ms, e.id), reverse=True)
+
+
 @pytest.fixture(scope="module")
 def events(mariadb: MariaDB, test_settings: Settings) -> list[Event]:
-    clear_events(test_settings)
-    seeded = seed_events()
-    with EventStore.connect(test_settings) as store:
-        assert len(store.upsert(seeded)) == len(seeded)
-    return sorted(seeded, key=lambda e: (e.started_ms, e.id), reverse=True)
+    return store_only(test_settings, seed_events())
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,12 @@ import httpx
 import orjson
 import pytest
 
-from roadwatch.adapters.mysql.store import EventStore
 from roadwatch.domain.events import Event, EventStatus, EventType, new_event_id
 from roadwatch.runner.mariadb import MariaDB
 from roadwatch.services.api.formats import CSV_COLUMNS
 from roadwatch.settings import Settings
 from tests.integration.api_server import serve
-from tests.integration.db import clear_events
+from tests.integration.test_api import store_only
 
 pytestmark = pytest.mark.integration
 
@@ -77,11 +76,7 @@ def seed_events() -> list[Event]:
 
 @pytest.fixture(scope="module")
 def events(mariadb: MariaDB, test_settings: Settings) -> list[Event]:
-    clear_events(test_settings)
-    seeded = seed_events()
-    with EventStore.connect(test_settings) as store:
-        assert len(store.upsert(seeded)) == len(seeded)
-    return sorted(seeded, key=lambda e: (e.started_ms, e.id), reverse=True)
+    return store_only(test_settings, seed_events())
 
 
 @pytest.fixture(scope="module")

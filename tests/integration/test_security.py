@@ -21,9 +21,9 @@ from roadwatch.domain.events import Event, EventType
 from roadwatch.runner.apache import Apache
 from roadwatch.runner.process import RunLayout
 from roadwatch.runner.prosody import Prosody
-from roadwatch.runner.stack import PythonService, service_probe
 from roadwatch.settings import Settings
 from tests.integration.db import reset_zones
+from tests.integration.test_apache import api_running
 from tests.integration.test_xmpp import Collected, Positions, make_event, running
 from tests.integration.test_zone_store import square_feature
 
@@ -47,10 +47,8 @@ def site(test_settings: Settings, apache: Apache) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def api(test_settings: Settings, layout: RunLayout, mariadb: object) -> Iterator[None]:
-    service = PythonService("api", test_settings, layout, service_probe(test_settings, "api"))
-    service.start()
-    yield
-    service.stop()
+    with api_running(test_settings, layout):
+        yield
     reset_zones(test_settings)
 
 

@@ -293,17 +293,23 @@ class Gateway:
 
     # -- the MQTT thread ------------------------------------------------------------------
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        """Validate and detect one MQTT message (runs on the MQTT network thread)."""
+    def _parse(self, topic: str, payload: bytes) -> Cam | Denm | None:
+        """Count one received message and validate it; None when it is ignored or rejected."""
         now = time.time()
         self.received += 1
         try:
-            message = parse_message(topic, payload, round(now * 1000), self._future_tolerance_ms)
+            return parse_message(topic, payload, round(now * 1000), self._future_tolerance_ms)
         except Rejected as rejected:
             if rejected.reason is RejectReason.IGNORED_TYPE:
                 self.ignored += 1
             else:
                 self.rejections.record(rejected, topic, now)
+            return None
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Validate and detect one MQTT message (runs on the MQTT network thread)."""
+        message = self._parse(topic, payload)
+        if message is None:
             return
         detector = self.detector
         with self._lock:
@@ -327,17 +333,10 @@ class Gateway:
         A message passed on by another instance was already sent to every owner: it is
         never passed on again.
         """
-        now = time.time()
-        self.received += 1
         if passed_on:
             self.passed_on_received += 1
-        try:
-            message = parse_message(topic, payload, round(now * 1000), self._future_tolerance_ms)
-        except Rejected as rejected:
-            if rejected.reason is RejectReason.IGNORED_TYPE:
-                self.ignored += 1
-            else:
-                self.rejections.record(rejected, topic, now)
+        message = self._parse(topic, payload)
+        if message is None:
             return ()
         routes = self.partitioning.routes(
             message.station_id, message.lat, message.lon, cam=isinstance(message, Cam)

@@ -153,20 +153,6 @@ def make_simulation(  # noqa: PLR0917
     return sim
 
 
-def resolve_path(path: Path) -> Path:
-    """Return `path`, made absolute from the repository root when it is relative."""
-    if path.is_absolute():
-        return path
-    from roadwatch.runner.process import RunnerError  # noqa: PLC0415
-    from roadwatch.runner.templates import repo_dir  # noqa: PLC0415
-
-    try:
-        return repo_dir() / path
-    except RunnerError:
-        # An installed package without the repository: the working directory is all we have.
-        return Path.cwd() / path
-
-
 def write_ground_truth(path: Path, simulation: Simulation) -> int:
     """Write the events the run staged so far as a JSON list; return how many."""
     expected = simulation.ground_truth()
@@ -501,6 +487,9 @@ def main(
     With `ground_truth`, the events the scenario staged are written there as JSON when the run
     ends, however it ends.
     """
+    # Imported here: the file lookup brings the MySQL-backed zone code along.
+    from roadwatch.services.zone_sync import resolve_repo_path  # noqa: PLC0415
+
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -514,7 +503,7 @@ def main(
     lead_ms = math.ceil((duration_s or 0) * 1000) if dry_run else clock_lead_ms(duration_s, speedup)
     sim_start = now_ms - lead_ms if start_ms is None else start_ms
     if network is None and settings.network_file is not None:
-        network = resolve_path(settings.network_file)
+        network = resolve_repo_path(settings.network_file)
     try:
         simulation = make_simulation(
             vehicles,
@@ -522,7 +511,7 @@ def main(
             sim_start,
             scenario,
             network,
-            resolve_path(settings.zones_file),
+            resolve_repo_path(settings.zones_file),
             zone_hysteresis_m=settings.zone_hysteresis_m,
             zone_timeout_ms=round(settings.zone_timeout_s * 1000),
         )

@@ -35,7 +35,7 @@ BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 10.0
 
 
-def resolve_zones_file(path: Path) -> Path:
+def resolve_repo_path(path: Path) -> Path:
     """Return `path`, made absolute from the repository root when it is relative."""
     if path.is_absolute():
         return path
@@ -180,7 +180,7 @@ class ZoneSync:
 
     def _file_zones(self) -> list[Zone] | None:
         """Read the zones file; None (logged) if it is missing or invalid."""
-        path = resolve_zones_file(self._settings.zones_file)
+        path = resolve_repo_path(self._settings.zones_file)
         try:
             zones = read_zones_file(path)
         except FileNotFoundError:
