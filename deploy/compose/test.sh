@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make compose-test`: the compose deployment built and booted for real, then checked end to
 # end. Static checks (docker-compose config, hadolint), build (cached between runs), start
-# under a project of its own on free loopback ports with fresh secrets, wait for every
-# healthcheck, run tests/compose/, and always tear down (containers, networks, volumes).
+# under a project of its own on free loopback ports with fresh secrets and two gateway
+# instances sharing the load (profile `scaled`), wait for every healthcheck, run
+# tests/compose/, and always tear down (containers, networks, volumes).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -31,9 +32,12 @@ ROADWATCH_HTTP_PORT=$http_port
 ROADWATCH_MQTT_PORT=$mqtt_port
 ROADWATCH_HTTP_BIND=127.0.0.1
 ROADWATCH_MQTT_BIND=127.0.0.1
+ROADWATCH_GATEWAY_PARTITIONS=2
 EOF
 
-compose=(docker-compose --project-name "$project" --env-file "$env_file" --file compose.yaml)
+# The `scaled` profile adds gateway-2: two gateway containers, as the partitions above say.
+compose=(docker-compose --project-name "$project" --env-file "$env_file" --file compose.yaml
+  --profile scaled)
 
 say "static checks: docker-compose config, hadolint"
 "${compose[@]}" config -q

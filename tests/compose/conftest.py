@@ -6,6 +6,7 @@ and started; `make test` does not collect them (pyproject.toml ignores this fold
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -64,9 +65,9 @@ class Deployment:
             found[service] = ports
         return found
 
-    def exec(self, service: str, *argv: str) -> subprocess.CompletedProcess[str]:
-        """Run a command in the (first) container of `service`."""
-        name = subprocess.run(
+    def container(self, service: str) -> str:
+        """Return the id of the (first) running container of `service`."""
+        ids = subprocess.run(
             [
                 "docker",
                 "ps",
@@ -79,10 +80,32 @@ class Deployment:
             capture_output=True,
             text=True,
             check=True,
-        ).stdout.split()[0]
+        ).stdout.split()
+        if not ids:
+            pytest.fail(f"no running container of the service {service}")
+        return ids[0]
+
+    def exec(
+        self, service: str, *argv: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command in the (first) container of `service`, with `env` added."""
+        options = [f"--env={name}={value}" for name, value in (env or {}).items()]
         return subprocess.run(
-            ["docker", "exec", name, *argv], capture_output=True, text=True, check=False
+            ["docker", "exec", *options, self.container(service), *argv],
+            capture_output=True,
+            text=True,
+            check=False,
         )
+
+    @contextlib.contextmanager
+    def paused(self, service: str) -> Iterator[None]:
+        """Freeze the processes of `service` for the duration (`docker pause`)."""
+        container = self.container(service)
+        subprocess.run(["docker", "pause", container], capture_output=True, check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["docker", "unpause", container], capture_output=True, check=True)
 
 
 @pytest.fixture(scope="session")
