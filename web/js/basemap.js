@@ -60,6 +60,21 @@ function zoneTooltip(properties, zoneDetails) {
   return box;
 }
 
+// Leaflet names its zoom buttons in English: name them in the page's language, now and later.
+function translateZoomButtons(map) {
+  const container = map.zoomControl && map.zoomControl.getContainer();
+  if (!container) return;
+  for (const [selector, key] of [
+    [".leaflet-control-zoom-in", "map.zoom_in"],
+    [".leaflet-control-zoom-out", "map.zoom_out"],
+  ]) {
+    const button = container.querySelector(selector);
+    if (!button) continue;
+    button.title = t(key);
+    button.setAttribute("aria-label", t(key));
+  }
+}
+
 function messageControl(map) {
   const control = L.control({ position: "bottomleft" });
   let box = null;
@@ -83,11 +98,16 @@ function messageControl(map) {
  * GeoJSON FeatureCollection, `reloadZones()` fetches and redraws them.
  */
 export async function createBaseMap(container, options = {}) {
+  // Fades, zooms and pans are animated only for those who have not asked for less motion.
+  const animate = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
   const map = L.map(container, {
     attributionControl: false,
     zoomSnap: 0.25,
     minZoom: 9,
     maxZoom: 18,
+    fadeAnimation: animate,
+    zoomAnimation: animate,
+    markerZoomAnimation: animate,
     ...(options.leaflet || {}),
   }).setView(DEFAULT_CENTER, DEFAULT_ZOOM);
   if (!container.hasAttribute("aria-label")) {
@@ -166,7 +186,18 @@ export async function createBaseMap(container, options = {}) {
     return result.zones;
   }
 
+  translateZoomButtons(map);
+  // Likewise the close button of every popup, as it opens.
+  map.on("popupopen", (event) => {
+    const close = event.popup.getElement()?.querySelector(".leaflet-popup-close-button");
+    if (!close) return;
+    close.title = t("map.close_popup");
+    close.setAttribute("aria-label", t("map.close_popup"));
+  });
   await Promise.all([loadNetwork(), options.zones === false ? null : reloadZones()]);
-  onLanguageChange(report);
+  onLanguageChange(() => {
+    report();
+    translateZoomButtons(map);
+  });
   return result;
 }

@@ -81,6 +81,38 @@ function markLanguage() {
   }
 }
 
+function setScrollableBox(box, scrollable) {
+  const caption = box.querySelector("caption");
+  if (scrollable && caption) {
+    const table = caption.closest("table");
+    if (!caption.id) caption.id = `${table.id || "table"}-caption`;
+    box.setAttribute("tabindex", "0");
+    box.setAttribute("role", "region");
+    box.setAttribute("aria-labelledby", caption.id);
+  } else {
+    box.removeAttribute("tabindex");
+    box.removeAttribute("role");
+    box.removeAttribute("aria-labelledby");
+  }
+}
+
+// A table wider than its box (a phone, a long translation) scrolls sideways. Keyboard users can
+// scroll it only once the box takes the focus, so an overflowing box becomes a focusable region
+// named by its table's caption, and goes back to a plain box when everything fits again.
+function keepWideTablesScrollable() {
+  const observer = new ResizeObserver((entries) => {
+    for (const entry of entries) {
+      const box = entry.target.closest(".table-scroll");
+      if (box) setScrollableBox(box, box.scrollWidth > box.clientWidth + 1);
+    }
+  });
+  for (const box of document.querySelectorAll(".table-scroll")) {
+    observer.observe(box);
+    const table = box.querySelector("table");
+    if (table) observer.observe(table);
+  }
+}
+
 /** Render the common header and footer for `page` ("live", "history", "stats", "zones"). */
 export function initShell(page) {
   const header = document.getElementById("site-header");
@@ -89,6 +121,7 @@ export function initShell(page) {
   if (footer) renderFooter(footer);
   translatePage();
   markLanguage();
+  keepWideTablesScrollable();
   onLanguageChange(() => {
     translatePage();
     markLanguage();
