@@ -1,5 +1,6 @@
 """The live page in a real browser: events on the map and in the feed, details, languages,
-reconnection after Prosody restarts, and zone names that never turn into markup."""
+reconnection after Prosody restarts, zone names that never turn into markup, the choice of kinds
+shown, and the short feed of a phone."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import pytest
 
 from roadwatch.adapters.mqtt import MqttPublisher
 from roadwatch.domain.geo import haversine_m
+from roadwatch.domain.zones import zone_from_feature
 from tests.e2e.helpers import (
     accident_denm,
     api_events,
+    api_get,
     connected,
     console_errors,
     fleet_endpoint,
@@ -50,6 +53,8 @@ XSS_NAME = "<img src=x onerror=alert(1)>"
 CORNER: Position = {"x": 4, "y": 4}
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 375, "height": 812}
+PHONE_ROWS = 30  # feed rows a phone shows at first, and adds with each "Show more"
+PHONE_PAGE_MAX_PX = 4_000
 
 # Each test works in its own spot of a grid over the road network's area (so on screen), about
 # 700 m apart: active events of one test never merge into another's (accidents merge within 200 m).
@@ -365,3 +370,147 @@ def test_screenshots_of_the_live_page_on_desktop_and_phone(
             assert live.console_errors == []
         finally:
             context.close()
+
+
+def point_in_a_zone(site: str) -> tuple[float, float]:
+    """A point inside one of the site's zones: a car reporting there crosses into it at once."""
+    for feature in api_get(site, "/api/zones")["features"]:
+        zone = zone_from_feature(feature)
+        min_lon, min_lat, max_lon, max_lat = zone.bbox
+        lat, lon = (min_lat + max_lat) / 2, (min_lon + max_lon) / 2
+        if zone.contains(lat, lon):
+            return lat, lon
+    pytest.fail("no zone of the site contains the middle of its own bounding box")
+
+
+def kind_checkbox(page: Page, kind: str) -> Any:
+    return page.locator(f"#kind-filter input[data-kind='{kind}']")
+
+
+def test_hiding_zone_crossings_hides_their_rows_and_markers_and_survives_a_reload(
+    system: Settings, context: BrowserContext, fleet: MqttPublisher
+) -> None:
+    site = site_url(system)
+    live = open_live(context, system)
+    page = live.page
+    inside_zone = point_in_a_zone(site)
+    accident_station = publish_operator_accident(fleet, *next_place())
+    car = unique("web-filter")
+    publish_cam(fleet, car, *inside_zone, speed=20.0, heading=90.0)
+
+    accident_row = feed_row_for_station(page, accident_station)
+    accident_row.wait_for(state="visible", timeout=5_000)
+    crossing_row = page.locator("#feed-rows tr[data-kind='zone']", has_text=car)
+    crossing_row.wait_for(state="visible", timeout=5_000)
+    accident_id = accident_row.get_attribute("data-event-id")
+    crossing_id = crossing_row.get_attribute("data-event-id")
+    accident_marker = page.locator(f".leaflet-marker-icon[data-event-id='{accident_id}']")
+    crossing_marker = page.locator(f".leaflet-marker-icon[data-event-id='{crossing_id}']")
+    crossing_marker.wait_for(state="visible", timeout=2_000)
+    zone_count = page.locator("[data-counter='zone']").inner_text()
+
+    # From the keyboard: the zone crossings' checkbox takes the focus and Space unticks it.
+    zone_box = kind_checkbox(page, "zone")
+    assert zone_box.is_checked()
+    assert page.get_by_role("group", name="Show on the map and in the feed").is_visible()
+    zone_box.focus()
+    page.keyboard.press("Space")
+    assert not zone_box.is_checked()
+    crossing_row.wait_for(state="hidden", timeout=2_000)
+    crossing_marker.wait_for(state="hidden", timeout=2_000)
+    assert accident_row.is_visible()
+    assert accident_marker.is_visible()
+    assert page.locator("#feed-rows tr[data-kind='zone']:visible").count() == 0
+    assert page.locator("[data-counter='zone']").inner_text() == zone_count  # still the total
+
+    # After a reload the choice holds, for the crossings loaded and for a new one arriving live.
+    page.reload()
+    page.wait_for_selector("#connection[data-state='live']", timeout=15_000)
+    accident_row.wait_for(state="visible", timeout=5_000)
+    assert not zone_box.is_checked()
+    assert kind_checkbox(page, "accident").is_checked()
+    second_car = unique("web-filter")
+    publish_cam(fleet, second_car, *inside_zone, speed=20.0, heading=90.0)
+    second_row = page.locator("#feed-rows tr[data-kind='zone']", has_text=second_car)
+    second_row.wait_for(state="attached", timeout=5_000)
+    second_id = second_row.get_attribute("data-event-id")
+    second_marker = page.locator(f".leaflet-marker-icon[data-event-id='{second_id}']")
+    second_marker.wait_for(state="attached", timeout=2_000)
+    assert not second_row.is_visible()
+    assert not second_marker.is_visible()
+    assert page.locator("[data-counter='zone']").inner_text() != "0"
+
+    # Ticked again, the crossings come back.
+    zone_box.check()
+    second_row.wait_for(state="visible", timeout=2_000)
+    second_marker.wait_for(state="visible", timeout=2_000)
+    assert live.console_errors == []
+
+
+def test_hidden_accidents_are_not_announced_to_screen_readers(
+    system: Settings, context: BrowserContext, fleet: MqttPublisher
+) -> None:
+    live = open_live(context, system)
+    page = live.page
+    announcer = page.locator("#announcer")
+    shown = publish_operator_accident(fleet, *next_place())
+    page.wait_for_function(
+        "station => document.getElementById('announcer').textContent.includes(station)",
+        arg=shown,
+        timeout=5_000,
+    )
+
+    kind_checkbox(page, "accident").uncheck()
+    hidden = publish_operator_accident(fleet, *next_place())
+    row = feed_row_for_station(page, hidden)
+    row.wait_for(state="attached", timeout=5_000)  # announcements go with the row, at once
+    assert not row.is_visible()
+    assert hidden not in announcer.inner_text()
+    assert live.console_errors == []
+
+
+def test_a_phone_shows_30_feed_rows_until_show_more_is_pressed(
+    system: Settings,
+    browser: Browser,
+    fleet: MqttPublisher,
+    screenshot: Callable[[Page, str], Path],
+) -> None:
+    context = browser.new_context(locale="en-GB", viewport=PHONE)
+    try:
+        live = open_live(context, system)
+        page = live.page
+        stations = [publish_operator_accident(fleet, *next_place()) for _ in range(PHONE_ROWS + 5)]
+        for station in stations:
+            feed_row_for_station(page, station).wait_for(state="attached", timeout=5_000)
+        visible_rows = page.locator("#feed-rows tr[data-event-id]:visible")
+        total = page.locator("#feed-rows tr[data-event-id]").count()
+        assert total > PHONE_ROWS
+
+        assert visible_rows.count() == PHONE_ROWS
+        # The newest first: the last accident reported is among the rows shown.
+        assert feed_row_for_station(page, stations[-1]).is_visible()
+        show_more = page.locator("#show-more")
+        assert show_more.inner_text() == f"Show {min(PHONE_ROWS, total - PHONE_ROWS)} more"
+        assert page.locator("#feed-count").inner_text() == f"{PHONE_ROWS} of {total} events shown"
+        height = page.evaluate("document.documentElement.scrollHeight")
+        assert height < PHONE_PAGE_MAX_PX, f"the page is {height} px tall"
+        screenshot(page, "live-phone-show-more")
+
+        show_more.click()
+        assert visible_rows.count() == min(2 * PHONE_ROWS, total)
+        assert feed_row_for_station(page, stations[0]).is_visible()
+        if total <= 2 * PHONE_ROWS:
+            assert not show_more.is_visible()
+
+        # A desktop-sized window shows the whole feed, without the button.
+        page.set_viewport_size(DESKTOP)
+        page.wait_for_function(
+            "() => document.querySelectorAll('#feed-rows tr:not([hidden])').length"
+            " === document.querySelectorAll('#feed-rows tr').length"
+        )
+        assert not show_more.is_visible()
+        # The feed scrolls in its own box there, and nothing in it stretches the page.
+        assert page.evaluate("document.documentElement.scrollHeight") <= DESKTOP["height"]
+        assert live.console_errors == []
+    finally:
+        context.close()

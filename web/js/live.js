@@ -16,7 +16,11 @@ import {
 import { DEFAULT_CONFIG, LiveConnection } from "./live-connection.js";
 import { initShell } from "./shell.js";
 
-const MAX_ROWS = 200; // the feed keeps the newest rows only
+const MAX_ROWS = 200; // the feed shows the newest rows only, and keeps as many of each kind
+const FEED_KINDS = ["accident", "traffic_jam", "hazard", "zone"];
+const HIDDEN_KINDS_KEY = "roadwatch.live.hiddenKinds";
+const NARROW_SCREEN = "(max-width: 600px)"; // as the stylesheet's phone layout
+const NARROW_ROWS_STEP = 30; // rows shown at first, and added by "Show more", on a phone
 const MAX_STATIONS_SHOWN = 10;
 const ACTIVE_EVENTS_LIMIT = 1000; // the REST API's own maximum page size
 const CLEARED_LINGER_MS = 20_000; // a cleared event fades on the map, then leaves it
@@ -49,6 +53,14 @@ addMessages({
     "live.feed": "Live feed",
     "live.feed_caption": "Road events, newest first",
     "live.empty": "No event yet. Events appear here the moment they are detected.",
+    "live.all_filtered": "Every event in the feed is of a kind hidden above.",
+    "live.filter.legend": "Show on the map and in the feed",
+    "live.filter.accident": "Accidents",
+    "live.filter.traffic_jam": "Jams",
+    "live.filter.hazard": "Hazards",
+    "live.filter.zone": "Zone crossings",
+    "live.show_more": "Show {count} more",
+    "live.rows_shown": "{shown} of {total} events shown",
     "live.col.time": "Updated",
     "live.col.event": "Event",
     "live.col.status": "Status",
@@ -95,6 +107,14 @@ addMessages({
     "live.feed_caption": "Événements routiers, les plus récents d’abord",
     "live.empty":
       "Aucun événement pour l’instant. Les événements apparaissent ici dès qu’ils sont détectés.",
+    "live.all_filtered": "Tous les événements du fil sont d’un type masqué ci-dessus.",
+    "live.filter.legend": "Afficher sur la carte et dans le fil",
+    "live.filter.accident": "Accidents",
+    "live.filter.traffic_jam": "Embouteillages",
+    "live.filter.hazard": "Dangers",
+    "live.filter.zone": "Passages de zone",
+    "live.show_more": "Afficher {count} de plus",
+    "live.rows_shown": "{shown} événements affichés sur {total}",
     "live.col.time": "Mise à jour",
     "live.col.event": "Événement",
     "live.col.status": "État",
@@ -144,10 +164,16 @@ let connectionState = { state: "connecting", info: {} };
 let openPopupEventId = null;
 // zone id -> the stations inside it now: the API's occupancy at load, then the live crossings.
 const occupancy = new Map();
+const hiddenKinds = loadHiddenKinds(); // kinds left out of the feed, the map and announcements
+const narrowScreen = window.matchMedia(NARROW_SCREEN);
+let narrowRowsShown = NARROW_ROWS_STEP;
 
 const el = (id) => document.getElementById(id);
 const timeOf = (event) => Date.parse(event.updated_at) || 0;
 const isZoneEvent = (event) => event.type === "zone_enter" || event.type === "zone_exit";
+// The kind a reader filters on: both zone crossings are one kind, as in the counters.
+const kindOf = (event) => (isZoneEvent(event) ? "zone" : event.type);
+const isShownKind = (event) => !hiddenKinds.has(kindOf(event));
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -258,6 +284,7 @@ function detailsNode(event) {
 function fillRow(row, event) {
   row.dataset.eventId = event.id;
   row.dataset.type = event.type;
+  row.dataset.kind = kindOf(event);
   row.dataset.status = event.status;
   row.dataset.version = String(event.version);
   const when = element("time", null, feedTimeText(event));
@@ -307,17 +334,55 @@ function renderRow(event, isFresh) {
 }
 
 function trimFeed() {
-  const body = el("feed-rows");
-  while (body.rows.length > MAX_ROWS) {
-    const last = body.rows[body.rows.length - 1];
-    rows.delete(last.dataset.eventId);
-    last.remove();
-    forgetIfIdle(last.dataset.eventId);
+  // Up to MAX_ROWS of each kind: a stream of zone crossings never pushes an accident out of a
+  // feed that hides them.
+  const kept = new Map();
+  for (const row of [...el("feed-rows").rows]) {
+    const count = (kept.get(row.dataset.kind) || 0) + 1;
+    kept.set(row.dataset.kind, count);
+    if (count <= MAX_ROWS) continue;
+    rows.delete(row.dataset.eventId);
+    row.remove();
+    forgetIfIdle(row.dataset.eventId);
   }
-  const empty = body.rows.length === 0;
-  el("feed").hidden = empty;
-  el("feed").parentElement.hidden = empty;
-  el("empty").hidden = !empty;
+  applyFeedView();
+}
+
+/** Show the newest rows of the kinds chosen: MAX_ROWS, or fewer on a phone until asked. */
+function applyFeedView() {
+  const body = el("feed-rows");
+  const limit = narrowScreen.matches ? narrowRowsShown : MAX_ROWS;
+  let matching = 0;
+  for (const row of body.rows) {
+    const wanted = !hiddenKinds.has(row.dataset.kind);
+    if (wanted) matching += 1;
+    // A row holding the focus stays, or the keyboard user would be thrown back to the top.
+    row.hidden = !wanted || (matching > limit && !row.contains(document.activeElement));
+  }
+  const shown = Math.min(matching, limit);
+  const none = body.rows.length === 0;
+  el("feed").hidden = shown === 0;
+  el("feed").parentElement.hidden = shown === 0;
+  el("empty").hidden = !none;
+  el("all-filtered").hidden = none || matching > 0;
+  const more = narrowScreen.matches && matching > limit;
+  el("feed-more").hidden = !more;
+  if (more) {
+    el("feed-count").textContent = t("live.rows_shown", { shown, total: matching });
+    el("show-more").textContent = t("live.show_more", {
+      count: Math.min(NARROW_ROWS_STEP, matching - limit),
+    });
+  }
+}
+
+function showMoreRows() {
+  const firstNew = [...el("feed-rows").rows].find(
+    (row) => row.hidden && !hiddenKinds.has(row.dataset.kind),
+  );
+  narrowRowsShown += NARROW_ROWS_STEP;
+  applyFeedView();
+  // The button goes once everything shows: the focus moves on to the first row it revealed.
+  if (el("feed-more").hidden && firstNew) firstNew.querySelector("button")?.focus();
 }
 
 function forgetIfIdle(id) {
@@ -476,7 +541,7 @@ function showState(state, info) {
 }
 
 function announce(newEvents) {
-  const important = newEvents.filter((event) => !isZoneEvent(event));
+  const important = newEvents.filter((event) => !isZoneEvent(event) && isShownKind(event));
   if (!important.length) return;
   el("announcer").textContent = important
     .slice(0, ANNOUNCE_MAX)
@@ -576,7 +641,50 @@ function rerenderAll() {
     });
   }
   updateCounters();
+  applyFeedView();
   showState(connectionState.state, connectionState.info);
+}
+
+// ---- Kinds shown ------------------------------------------------------------------------------
+
+function loadHiddenKinds() {
+  try {
+    const stored = JSON.parse(window.localStorage.getItem(HIDDEN_KINDS_KEY) || "[]");
+    return new Set(Array.isArray(stored) ? stored.filter((kind) => FEED_KINDS.includes(kind)) : []);
+  } catch {
+    return new Set(); // storage disabled or unreadable: every kind shows
+  }
+}
+
+function saveHiddenKinds() {
+  try {
+    window.localStorage.setItem(HIDDEN_KINDS_KEY, JSON.stringify([...hiddenKinds]));
+  } catch {
+    // Not remembered, but the choice still applies to this page.
+  }
+}
+
+/** Hide the map's markers (and jam extents) of the hidden kinds, by a class per kind. */
+function applyMapKinds() {
+  const map = el("map");
+  for (const kind of FEED_KINDS) map.classList.toggle(`hide-${kind}`, hiddenKinds.has(kind));
+  const open = openPopupEventId && events.get(openPopupEventId);
+  if (base && open && !isShownKind(open)) base.map.closePopup();
+}
+
+function wireKindFilter() {
+  const boxes = el("kind-filter").querySelectorAll("input[data-kind]");
+  for (const box of boxes) {
+    box.checked = !hiddenKinds.has(box.dataset.kind);
+    box.addEventListener("change", () => {
+      if (box.checked) hiddenKinds.delete(box.dataset.kind);
+      else hiddenKinds.add(box.dataset.kind);
+      saveHiddenKinds();
+      applyMapKinds();
+      applyFeedView();
+    });
+  }
+  applyMapKinds();
 }
 
 // ---- Start -------------------------------------------------------------------------------------
@@ -626,6 +734,9 @@ function wireFeed() {
     const row = e.target.closest("tr[data-event-id]");
     if (row) showOnMap(row.dataset.eventId);
   });
+  el("show-more").addEventListener("click", showMoreRows);
+  narrowScreen.addEventListener("change", applyFeedView);
+  wireKindFilter();
 }
 
 async function main() {
