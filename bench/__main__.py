@@ -1,6 +1,7 @@
 """Run the benchmarks and print their figures: `python -m bench [NAME...]` (or `make bench`).
 
-Without a name every benchmark runs; `python -m bench api` runs only the REST API one.
+Without a name every benchmark runs once (`latency` is part of `pipeline`);
+`python -m bench api` runs only the REST API one.
 """
 
 from __future__ import annotations
@@ -8,14 +9,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import api, detector, latency, simulator
+from bench import api, detector, latency, pipeline, simulator
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "detector": detector.main,
-    "latency": latency.main,
     "simulator": simulator.main,
+    "pipeline": pipeline.main,
+    "latency": latency.main,
     "api": api.main,
 }
+# What `make bench` runs: the pipeline benchmark measures the latency too.
+DEFAULT = ("detector", "simulator", "pipeline", "api")
 
 
 def main(argv: list[str]) -> int:
@@ -23,8 +27,12 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
         return 2
-    for name in argv or list(BENCHMARKS):
-        BENCHMARKS[name]()
+    try:
+        for name in argv or DEFAULT:
+            BENCHMARKS[name]()
+    except KeyboardInterrupt:
+        print("interrupted; every server a benchmark started is stopped")
+        return 130
     return 0
 
 
