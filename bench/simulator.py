@@ -1,14 +1,17 @@
-"""Vehicles and messages/s the simulator sustains: dry run, then through the `make up` broker."""
+"""Vehicles and messages/s the simulator sustains: dry run, then through a private broker."""
 
 from __future__ import annotations
 
-import socket
+import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from bench.system import private_settings
 from roadwatch.adapters.mqtt import MqttError
+from roadwatch.runner.mosquitto import Mosquitto
+from roadwatch.runner.process import RunLayout
 from roadwatch.services.simulator import (
     CIRCLES_SCENARIO,
     DEFAULT_CONNECTIONS,
@@ -21,7 +24,7 @@ from roadwatch.services.simulator import (
     make_simulation,
     run,
 )
-from roadwatch.settings import Settings, load_settings
+from roadwatch.settings import Settings
 
 VEHICLES = 10_000
 DRY_RUN_S = 60.0  # simulated seconds, flat out
@@ -30,14 +33,6 @@ FLAT_OUT_S = 20.0  # simulated seconds, flat out through the broker
 DRAIN_TIMEOUT_S = 60.0
 # Demand ramps up from the start: within the dry run, about 600 commuters join the 10,000.
 RUSH_HOUR_SCENARIO = "rush-hour"
-
-
-def _broker_reachable(settings: Settings) -> bool:
-    try:
-        with socket.create_connection((settings.mqtt_host, settings.mqtt_port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def _drain(sink: FleetSink) -> None:
@@ -87,13 +82,22 @@ def main() -> None:
         f"simulator dry run + trace: {VEHICLES} vehicles, {summary.rate:9,.0f} msg/s "
         f"({DEFAULT_SCENARIO}, JSONL written)"
     )
-    settings = load_settings()
-    if not _broker_reachable(settings):
-        print(
-            f"simulator publishing:    skipped, no broker at {settings.mqtt_host}:"
-            f"{settings.mqtt_port} (start it with `make up`)"
-        )
-        return
+    # A broker of its own on a free port: never the one of a running `make up` system.
+    root = Path(tempfile.mkdtemp(prefix="rw-bench-sim-"))
+    root.chmod(0o755)  # Mosquitto runs as its own user
+    settings = private_settings(root)
+    layout = RunLayout(root)
+    layout.ensure()
+    broker = Mosquitto(settings, layout)
+    try:
+        broker.start()
+        _publish(settings)
+    finally:
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _publish(settings: Settings) -> None:
     sink = FleetSink(settings, DEFAULT_CONNECTIONS, f"bench{time.time_ns() % 100_000}")
     try:
         sink.start()
