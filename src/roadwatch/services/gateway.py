@@ -870,7 +870,7 @@ class GatewayService:
             "127.0.0.1",
             settings.gateway_metrics_port,
             lambda: self.gateway.metrics(self._extra_metrics()),
-            lambda: self.gateway.health(self.subscriber.client.is_connected(), self.sender.online),
+            lambda: self.gateway.health(self.subscriber.is_connected(), self.sender.online),
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshotter: asyncio.Task[None] | None = None
@@ -974,6 +974,9 @@ class GatewayService:
                 name = key if key.startswith("zone") else f"zone_{key}"
                 figures[f"{name}_total" if key in _ZONE_SYNC_COUNTERS else name] = value
         subscriber = self.subscriber
+        if isinstance(subscriber, MqttSubscriber):
+            figures["mqtt_reconnects_total"] = subscriber.reconnects
+            figures["mqtt_malformed_total"] = subscriber.malformed
         if isinstance(subscriber, PartitionedSubscriber):
             gateway = self.gateway
             figures["partition_instance"] = gateway.instance
