@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
 import statistics
 import subprocess
 import sys
@@ -18,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from pydantic import SecretStr
 
 from roadwatch.adapters.mysql.connection import connect
 from roadwatch.runner.mariadb import MariaDB
-from roadwatch.runner.process import RunLayout, free_port, wait_until
+from roadwatch.runner.private import private_settings
+from roadwatch.runner.process import RunLayout, wait_until
 from roadwatch.runner.templates import repo_dir
 from roadwatch.services import seed
 from roadwatch.settings import Settings
@@ -42,19 +41,6 @@ MONTH = "since=2024-05-01T00:00:00Z&until=2024-06-01T00:00:00Z"
 LAST_DAY = "since=2024-05-31T00:00:00Z&until=2024-06-01T00:00:00Z"
 
 Query = Callable[[random.Random], str]
-
-
-def _settings(root: Path) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        environment="test",
-        mysql_port=free_port(),
-        api_port=free_port(),
-        mysql_password=SecretStr(secrets.token_urlsafe(18)),
-        prosody_db_password=SecretStr(secrets.token_urlsafe(18)),
-        run_dir=root,
-        demo=False,
-    )
 
 
 def _dataset() -> str:
@@ -199,7 +185,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     # mariadbd runs as its own user, which must reach its folder.
     root.chmod(0o755)
-    settings = _settings(root)
+    settings = private_settings(root)
     layout = RunLayout(root)
     database = MariaDB(settings, layout)
     started = time.perf_counter()

@@ -8,9 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-from bench.system import private_settings
 from roadwatch.adapters.mqtt import MqttError
 from roadwatch.runner.mosquitto import Mosquitto
+from roadwatch.runner.private import private_settings
 from roadwatch.runner.process import RunLayout
 from roadwatch.services.simulator import (
     CIRCLES_SCENARIO,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -21,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from pydantic import SecretStr
-
 from roadwatch.runner.apache import Apache
 from roadwatch.runner.mariadb import MariaDB
 from roadwatch.runner.mosquitto import Mosquitto
+from roadwatch.runner.private import private_settings
 from roadwatch.runner.process import RunLayout, free_port, read_pid
 from roadwatch.runner.prosody import Prosody
 from roadwatch.runner.stack import Part, PythonService, service_probe
@@ -36,30 +34,6 @@ SERVICES = ("api", "collector")
 # or stops moving for this long (what is missing then was dropped), or at the time limit.
 DRAIN_QUIET_S = 2.0
 DRAIN_TIMEOUT_S = 20.0
-
-
-def private_settings(root: Path) -> Settings:
-    """Settings of a system of its own: free ports, random secrets, `root` as its run folder."""
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        environment="test",
-        mqtt_port=free_port(),
-        xmpp_port=free_port(),
-        bosh_port=free_port(),
-        mysql_port=free_port(),
-        http_port=free_port(),
-        api_port=free_port(),
-        gateway_metrics_port=free_port(),
-        mqtt_gateway_password=SecretStr(secrets.token_urlsafe(18)),
-        mqtt_fleet_password=SecretStr(secrets.token_urlsafe(18)),
-        xmpp_gateway_password=SecretStr(secrets.token_urlsafe(18)),
-        xmpp_collector_password=SecretStr(secrets.token_urlsafe(18)),
-        mysql_password=SecretStr(secrets.token_urlsafe(18)),
-        prosody_db_password=SecretStr(secrets.token_urlsafe(18)),
-        api_token=SecretStr(secrets.token_urlsafe(24)),
-        run_dir=root,
-        demo=False,
-    )
 
 
 def gateway_instances(settings: Settings, count: int) -> list[Settings]:

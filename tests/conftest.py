@@ -7,16 +7,15 @@ folder, with the same runner code `make up` uses, so tests never touch a running
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
-from roadwatch.runner.process import RunLayout, free_port
+from roadwatch.runner.private import private_settings
+from roadwatch.runner.process import RunLayout
 from roadwatch.settings import Settings
 
 pytest_plugins = [
@@ -50,26 +49,7 @@ def run_root() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def test_settings(run_root: Path) -> Settings:
     """Settings of the test system: free ports, random secrets, its own run folder."""
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        environment="test",
-        mqtt_port=free_port(),
-        xmpp_port=free_port(),
-        bosh_port=free_port(),
-        mysql_port=free_port(),
-        http_port=free_port(),
-        api_port=free_port(),
-        gateway_metrics_port=free_port(),
-        mqtt_gateway_password=SecretStr(secrets.token_urlsafe(18)),
-        mqtt_fleet_password=SecretStr(secrets.token_urlsafe(18)),
-        xmpp_gateway_password=SecretStr(secrets.token_urlsafe(18)),
-        xmpp_collector_password=SecretStr(secrets.token_urlsafe(18)),
-        mysql_password=SecretStr(secrets.token_urlsafe(18)),
-        prosody_db_password=SecretStr(secrets.token_urlsafe(18)),
-        api_token=SecretStr(secrets.token_urlsafe(24)),
-        run_dir=run_root,
-        demo=False,
-    )
+    return private_settings(run_root)
 
 
 @pytest.fixture(scope="session")
