@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from roadwatch.domain.events import Event
+
 SCENARIOS = Path(__file__).resolve().parent
 NAMES = ("accident", "traffic_jam", "hazard", "zones")
 
@@ -63,3 +65,24 @@ def mismatches(expected: list[dict[str, Any]], stored: list[dict[str, Any]]) -> 
     counts = Counter(row["id"] for row in stored)
     problems += [f"event {ident} stored {n} times" for ident, n in counts.items() if n > 1]
     return problems
+
+
+def final_versions(events: list[Event]) -> list[dict[str, Any]]:
+    """The latest version of every event, as the rows the ground truth is compared with."""
+    latest: dict[str, Event] = {}
+    for event in events:
+        if event.id not in latest or event.version > latest[event.id].version:
+            latest[event.id] = event
+    return [
+        {
+            "id": e.id,
+            "type": e.type.value,
+            "status": e.status.value,
+            "zone_id": e.zone_id,
+            "station_ids": sorted(e.station_ids),
+            "started_ms": e.started_ms,
+            "lat": e.lat,
+            "lon": e.lon,
+        }
+        for e in latest.values()
+    ]

@@ -28,7 +28,7 @@ from roadwatch.simulation.geofence import ZoneShape, load_zone_shapes
 from roadwatch.simulation.network import REIMS_NETWORK_PATH, RoadNetwork, load_network
 from roadwatch.simulation.vehicles import SPEED_MARGIN
 from tests.e2e.ground_truth import staged_selector
-from tests.scenarios.truth import mismatches
+from tests.scenarios.truth import final_versions, mismatches
 
 T0 = 1_780_000_000_000
 REIMS_ZONES = Path(__file__).resolve().parents[2] / "deploy" / "zones" / "reims.geojson"
@@ -115,27 +115,6 @@ def test_publications_are_on_contract_and_cams_come_at_1_to_10_hz() -> None:
     for times in cam_times.values():
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(100 <= gap <= 1000 for gap in gaps)
-
-
-def final_versions(events: list[Event]) -> list[dict[str, Any]]:
-    """The latest version of every event, as the rows the ground truth is compared with."""
-    latest: dict[str, Event] = {}
-    for event in events:
-        if event.id not in latest or event.version > latest[event.id].version:
-            latest[event.id] = event
-    return [
-        {
-            "id": e.id,
-            "type": e.type.value,
-            "status": e.status.value,
-            "zone_id": e.zone_id,
-            "station_ids": sorted(e.station_ids),
-            "started_ms": e.started_ms,
-            "lat": e.lat,
-            "lon": e.lon,
-        }
-        for e in latest.values()
-    ]
 
 
 def detect(sim: CitySimulation, publications: list[Publication]) -> list[Event]:
