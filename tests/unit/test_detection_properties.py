@@ -14,6 +14,7 @@ from roadwatch.domain.detector import Detector
 from roadwatch.domain.events import Event, EventStatus, EventType
 from roadwatch.domain.geo import GeoGrid, destination, haversine_m, mean_position
 from roadwatch.domain.messages import Cam, Denm, Termination
+from tests.unit.event_checks import assert_next_version
 
 T0 = 1_700_000_000_000
 MINUTE = 60_000
@@ -124,14 +125,7 @@ def test_ids_start_at_version_one_once_and_versions_then_count_up(trace: list[Me
     latest: dict[str, Event] = {}
     for event in run(trace):
         previous = latest.get(event.id)
-        if previous is None:
-            assert event.version == 1
-            assert event.status is EventStatus.ACTIVE
-        else:
-            assert previous.status is EventStatus.ACTIVE, "an update after the clear"
-            assert event.version == previous.version + 1
-            assert event.started_ms == previous.started_ms
-            assert event.updated_ms >= previous.updated_ms
+        assert_next_version(previous, event)
         if event.type is EventType.ACCIDENT:
             assert event.details["reporter_count"] == len(event.station_ids) >= 1
         assert event.station_ids

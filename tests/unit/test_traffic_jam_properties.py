@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from roadwatch.domain.events import Event, EventStatus
 from roadwatch.domain.messages import Cam, Denm, Termination
 from roadwatch.domain.traffic_jam import MAX_STATION_IDS, JamRules, TrafficJamDetector
+from tests.unit.event_checks import assert_next_version
 
 T0 = 1_700_000_000_000
 RULES = JamRules()
@@ -190,16 +191,9 @@ def test_ids_start_at_version_one_once_and_versions_then_count_up(trace: list[Me
     latest: dict[str, Event] = {}
     for event in run(trace):
         previous = latest.get(event.id)
-        if previous is None:
-            assert event.version == 1
-            assert event.status is EventStatus.ACTIVE
-        else:
-            assert previous.status is EventStatus.ACTIVE, "an update after the clear"
-            assert event.version == previous.version + 1
-            assert event.started_ms == previous.started_ms
-            assert event.updated_ms >= previous.updated_ms
-            if event.status is EventStatus.ACTIVE:
-                assert event.updated_ms - previous.updated_ms >= RULES.update_interval_ms
+        assert_next_version(previous, event)
+        if previous is not None and event.status is EventStatus.ACTIVE:
+            assert event.updated_ms - previous.updated_ms >= RULES.update_interval_ms
         assert event.cause_code == 1
         assert list(event.station_ids) == sorted(set(event.station_ids))
         assert 1 <= len(event.station_ids) == min(event.details["vehicle_count"], MAX_STATION_IDS)
