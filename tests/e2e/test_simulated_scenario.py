@@ -65,6 +65,33 @@ def simulate(
     return trace, expected, simulation
 
 
+def replay_and_compare(
+    running_system: RunningSystem,
+    name: str,
+    trace: Path,
+    expected: list[dict[str, Any]],
+    *,
+    stations: set[str],
+    types: set[str],
+    touring: frozenset[str] = frozenset(),
+) -> None:
+    """Replay a trace through the running system; wait until MySQL holds exactly its truth.
+
+    Only the staged events are judged (see `staged_selector`): `touring` are the vehicles
+    whose zone crossings were staged.
+    """
+    restart_gateway(running_system, keep_state=False)
+    stats = replay(running_system.settings, trace, SPEEDUP)
+    wait_for_ground_truth(
+        running_system.settings,
+        name,
+        expected=expected,
+        stations=stations,
+        types=types,
+        keep=staged_selector(expected, set(touring), shift_ms=stats.offset_ms),
+    )
+
+
 def test_simulated_accident_scenario_meets_its_ground_truth_end_to_end(
     running_system: RunningSystem, tmp_path: Path
 ) -> None:
@@ -73,15 +100,9 @@ def test_simulated_accident_scenario_meets_its_ground_truth_end_to_end(
     assert expected, "the scenario staged no accident"
     witnesses = {station for event in expected for station in event["station_ids"]}
 
-    restart_gateway(running_system, keep_state=False)
-    replay(running_system.settings, trace, SPEEDUP)
     # The witnesses also drive through zones: only accidents are the scenario's to judge.
-    wait_for_ground_truth(
-        running_system.settings,
-        "accident",
-        expected=expected,
-        stations=witnesses,
-        types={"accident"},
+    replay_and_compare(
+        running_system, "accident", trace, expected, stations=witnesses, types={"accident"}
     )
 
 
@@ -92,16 +113,9 @@ def test_simulated_jam_scenario_meets_its_ground_truth_end_to_end(
     assert [(e["type"], e["status"]) for e in expected] == [("traffic_jam", "cleared")]
     stations = {station for event in expected for station in event["station_ids"]}
 
-    restart_gateway(running_system, keep_state=False)
-    stats = replay(running_system.settings, trace, SPEEDUP)
     # The city has congestion of its own: only the jam at the closure, while it held, counts.
-    wait_for_ground_truth(
-        running_system.settings,
-        "jam",
-        expected=expected,
-        stations=stations,
-        types={"traffic_jam"},
-        keep=staged_selector(expected, set(), shift_ms=stats.offset_ms),
+    replay_and_compare(
+        running_system, "jam", trace, expected, stations=stations, types={"traffic_jam"}
     )
 
 
@@ -113,15 +127,15 @@ def test_simulated_zones_scenario_meets_its_ground_truth_end_to_end(
     assert len(staged) == 4
     assert {event["type"] for event in expected} == set(ZONE_TYPES)
 
-    restart_gateway(running_system, keep_state=False)
-    replay(running_system.settings, trace, SPEEDUP)
     # The staged vehicles may also sit in a jam on the way: only their crossings are judged.
-    wait_for_ground_truth(
-        running_system.settings,
+    replay_and_compare(
+        running_system,
         "zones",
-        expected=expected,
+        trace,
+        expected,
         stations=staged,
         types=set(ZONE_TYPES),
+        touring=frozenset(staged),
     )
 
 
@@ -136,16 +150,14 @@ def test_simulated_rush_hour_meets_its_ground_truth_end_to_end(
     ]
     stations = {station for event in expected for station in event["station_ids"]}
 
-    restart_gateway(running_system, keep_state=False)
-    stats = replay(running_system.settings, trace, SPEEDUP)
     # Commuters crowd the city: only the staged accident and the jams at both closures count.
-    wait_for_ground_truth(
-        running_system.settings,
+    replay_and_compare(
+        running_system,
         "rush-hour",
-        expected=expected,
+        trace,
+        expected,
         stations=stations,
         types={"accident", "traffic_jam"},
-        keep=staged_selector(expected, set(), shift_ms=stats.offset_ms),
     )
 
 
@@ -165,14 +177,13 @@ def test_simulated_demo_meets_its_ground_truth_end_to_end(
     assert touring
     stations = {station for event in expected for station in event["station_ids"]}
 
-    restart_gateway(running_system, keep_state=False)
-    stats = replay(running_system.settings, trace, SPEEDUP)
     # Accidents, the jam at the closure, and the touring vehicles' crossings are the demo's.
-    wait_for_ground_truth(
-        running_system.settings,
+    replay_and_compare(
+        running_system,
         "demo",
-        expected=expected,
+        trace,
+        expected,
         stations=stations | touring,
         types={"accident", "traffic_jam", *ZONE_TYPES},
-        keep=staged_selector(expected, touring, shift_ms=stats.offset_ms),
+        touring=frozenset(touring),
     )
