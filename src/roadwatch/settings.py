@@ -110,7 +110,11 @@ class Settings(BaseSettings):
     hazard_expiry_s: float = 1800.0
     # Detection state saved by the gateway (a snapshot at most this often, and at shutdown).
     state_snapshot_interval_s: float = 5.0
+    # Each Python service answers GET /health and GET /metrics on its own loopback port
+    # (adapters/metrics.py); 0 serves none.
     gateway_metrics_port: int = 8001
+    collector_metrics_port: int = 8002
+    simulator_metrics_port: int = 8003
     # Several gateway instances sharing the load (README "Scaling the gateway"): how many, and
     # which one this is (0 .. partitions - 1). One partition is a single gateway, as always.
     gateway_partitions: int = Field(1, ge=1, le=64)

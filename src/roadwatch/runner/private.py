@@ -27,6 +27,8 @@ def private_settings(root: Path) -> Settings:
         http_port=free_port(),
         api_port=free_port(),
         gateway_metrics_port=free_port(),
+        collector_metrics_port=free_port(),
+        simulator_metrics_port=free_port(),
         mqtt_gateway_password=_secret(),
         mqtt_fleet_password=_secret(),
         xmpp_gateway_password=_secret(),
