@@ -1,9 +1,10 @@
 """A lean CAM load generator for the pipeline benchmark: vehicles on the Reims road network.
 
 Each publisher process drives its own share of the stations along the road network and writes
-their CAMs as ready-made MQTT PUBLISH packets (QoS 0, fleet account) straight to a socket, so
-that the load generator takes as little as possible of the two cores the system under test
-shares with it: about 3 µs per CAM, position and JSON included.
+their CAMs as ready-made MQTT 5 PUBLISH packets (QoS 0, fleet account; encoded with
+roadwatch.adapters.mqtt.codec) straight to a socket, so that the load generator takes as little
+as possible of the two cores the system under test shares with it: about 3 µs per CAM,
+position and JSON included.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import random
 import signal
 import socket
-import struct
 import time
 import zlib
 from dataclasses import dataclass
@@ -23,6 +23,16 @@ from multiprocessing.connection import Connection
 
 import orjson
 
+from roadwatch.adapters.mqtt.codec import (
+    CONNACK,
+    DISCONNECT_PACKET,
+    PUBLISH,
+    PacketStream,
+    decode_connack,
+    encode_connect,
+    encode_string,
+    encode_varint,
+)
 from roadwatch.simulation.network import REIMS_NETWORK_PATH, Edge, RoadNetwork, load_network
 
 # One slow group (vehicles 20 m apart at walking pace on one road) per this many stations:
@@ -38,6 +48,11 @@ SLICE_S = 0.005
 FLAT_OUT_CHUNK = 500
 MQTT_CONNECT_TIMEOUT_S = 10.0
 READY_TIMEOUT_S = 30.0
+MAXIMUM_PACKET_SIZE = 64 * 1024
+# A PUBLISH at QoS 0 (MQTT 5 §3.3): this first byte, the remaining length, then the topic and
+# an empty property block (both fixed per station, encoded once), then the payload.
+PUBLISH_QOS0 = bytes((PUBLISH << 4,))
+NO_PROPERTIES = encode_varint(0)
 
 
 @dataclass(frozen=True)
@@ -69,41 +84,35 @@ class RunResult:
     cpu_s: float
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        digit, value = value % 128, value // 128
-        out.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _mqtt_string(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
 def mqtt_connect(broker: Broker, client_id: str) -> socket.socket:
-    """Open an MQTT 3.1.1 session (clean, no keepalive) and return its socket."""
-    flags = 0x80 | 0x40 | 0x02  # user name, password, clean session
-    variable = _mqtt_string("MQTT") + bytes([4, flags]) + struct.pack("!H", 0)
-    payload = (
-        _mqtt_string(client_id) + _mqtt_string(broker.username) + _mqtt_string(broker.password)
-    )
-    body = variable + payload
+    """Open an MQTT 5 session (clean, no keepalive) and return its socket."""
     sock = socket.create_connection((broker.host, broker.port), timeout=MQTT_CONNECT_TIMEOUT_S)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(b"\x10" + _varint(len(body)) + body)
-    connack = b""
-    while len(connack) < 4:
-        chunk = sock.recv(4 - len(connack))
+    sock.sendall(
+        encode_connect(
+            client_id,
+            username=broker.username,
+            password=broker.password,
+            keepalive_s=0,
+            clean_start=True,
+            session_expiry_s=0,
+            receive_maximum=1,  # nothing is subscribed, nothing comes back
+            maximum_packet_size=MAXIMUM_PACKET_SIZE,
+        )
+    )
+    stream = PacketStream(MAXIMUM_PACKET_SIZE)
+    while True:
+        chunk = sock.recv(4096)
         if not chunk:
             raise ConnectionError("the broker closed the connection before CONNACK")
-        connack += chunk
-    if connack[0] != 0x20 or connack[3] != 0:
-        raise ConnectionError(f"the broker refused {broker.username}: CONNACK {connack.hex()}")
-    sock.settimeout(None)
-    return sock
+        for first_byte, body in stream.feed(chunk):
+            if first_byte >> 4 != CONNACK:
+                raise ConnectionError(f"the broker answered CONNECT with packet {first_byte:#x}")
+            _session, reason, _properties = decode_connack(body)
+            if reason:
+                raise ConnectionError(f"the broker refused {broker.username}: 0x{reason:02x}")
+            sock.settimeout(None)
+            return sock
 
 
 class Population:
@@ -116,7 +125,9 @@ class Population:
         self._edges = edges
         weights = [edge.length_m for edge in edges]
         self.ids = [f"bench-{first + n:06d}" for n in range(count)]
-        self._topics = [_mqtt_string(f"vehicles/{station}/cam") for station in self.ids]
+        self._topics = [
+            encode_string(f"vehicles/{station}/cam") + NO_PROPERTIES for station in self.ids
+        ]
         self._types = [8 if n % 20 == 0 else 6 if n % 50 == 1 else 5 for n in range(count)]
         self._edge: list[Edge] = []
         self._along: list[float] = []
@@ -189,7 +200,7 @@ class Population:
                 }
             )
             topic = self._topics[n]
-            out.append(b"\x30" + _varint(len(topic) + len(payload)) + topic + payload)
+            out.append(PUBLISH_QOS0 + encode_varint(len(topic) + len(payload)) + topic + payload)
         self._cursor = cursor
         return b"".join(out)
 
@@ -240,7 +251,7 @@ def publisher_main(broker: Broker, first: int, count: int, seed: int, pipe: Conn
             pipe.send(_publish(sock, population, run, pipe))
     finally:
         with contextlib.suppress(OSError):
-            sock.sendall(b"\xe0\x00")  # DISCONNECT
+            sock.sendall(DISCONNECT_PACKET)
         sock.close()
 
 

@@ -27,7 +27,7 @@ import orjson
 
 from bench.fleet import Broker, Publishers
 from bench.system import PrivateSystem, cpu_seconds, load_average, private_system
-from roadwatch.adapters.mqtt import MqttEndpoint, MqttPublisher
+from roadwatch.adapters.mqtt import BlockingPublisher, MqttEndpoint
 from roadwatch.adapters.mysql.connection import connect
 
 if TYPE_CHECKING:
@@ -127,13 +127,14 @@ def _denm(station: str, station_type: int, ts_ms: int, lat: float, **extra: Any)
 def measure(system: PrivateSystem, rounds: int, page: Page | None) -> Samples:
     """Publish `rounds` accident pairs one after the other and time each one's way."""
     settings = system.settings
-    fleet = MqttPublisher(
+    fleet = BlockingPublisher(
         MqttEndpoint(
             settings.mqtt_host,
             settings.mqtt_port,
             settings.mqtt_fleet_user,
             settings.mqtt_fleet_password.get_secret_value(),
-        )
+        ),
+        name="bench-latency",
     )
     fleet.start()
     db = connect(settings, autocommit=True)

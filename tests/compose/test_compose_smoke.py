@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from roadwatch.adapters.mqtt import MqttAuthError, MqttEndpoint, MqttPublisher
+from roadwatch.adapters.mqtt import BlockingPublisher, MqttAuthError, MqttEndpoint
 from roadwatch.domain.geo import mean_position
 from roadwatch.domain.partition import Partitioning
 from roadwatch.settings import Settings
@@ -123,10 +123,10 @@ def test_a_vehicle_account_made_in_the_broker_container_can_log_in(
     assert f"may publish to vehicles/{station}/#" in made.stdout
     password = made.stdout.split("password: ", 1)[1].strip()
 
-    vehicle = MqttPublisher(MqttEndpoint("127.0.0.1", deployment.mqtt_port, station, password))
+    vehicle = BlockingPublisher(MqttEndpoint("127.0.0.1", deployment.mqtt_port, station, password))
     vehicle.start()
     vehicle.stop()
-    impostor = MqttPublisher(
+    impostor = BlockingPublisher(
         MqttEndpoint("127.0.0.1", deployment.mqtt_port, station, password + "x")
     )
     with pytest.raises(MqttAuthError):
@@ -136,7 +136,7 @@ def test_a_vehicle_account_made_in_the_broker_container_can_log_in(
 # --- Two gateway containers (profile `scaled`) -------------------------------------------------
 
 Position = tuple[float, float]
-_ACCIDENTS_SENT = 'events_total{type="accident",status="active"}'
+_ACCIDENTS_SENT = 'events_total{status="active",type="accident"}'
 _METRICS_SCRIPT = (
     "import sys, urllib.request\n"
     "with urllib.request.urlopen('http://127.0.0.1:8001/metrics', timeout=3) as reply:\n"

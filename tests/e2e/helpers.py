@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 import pytest
 
-from roadwatch.adapters.mqtt import MqttEndpoint, MqttPublisher
+from roadwatch.adapters.mqtt import BlockingPublisher, MqttEndpoint
 from tests.e2e.ground_truth import stored_events
 
 if TYPE_CHECKING:
@@ -121,9 +121,9 @@ def fleet_endpoint(settings: Settings) -> MqttEndpoint:
 
 
 @contextlib.contextmanager
-def connected(endpoint: MqttEndpoint) -> Iterator[MqttPublisher]:
+def connected(endpoint: MqttEndpoint) -> Iterator[BlockingPublisher]:
     """A publisher connected to the broker for the duration."""
-    publisher = MqttPublisher(endpoint)
+    publisher = BlockingPublisher(endpoint, name="test-vehicles")
     publisher.start()
     try:
         yield publisher
@@ -132,7 +132,7 @@ def connected(endpoint: MqttEndpoint) -> Iterator[MqttPublisher]:
 
 
 def publish_cam(
-    fleet: MqttPublisher, station: str, lat: float, lon: float, speed: float, heading: float
+    fleet: BlockingPublisher, station: str, lat: float, lon: float, speed: float, heading: float
 ) -> None:
     """One CAM of a passenger car (station type 5), timestamped now, at QoS 0."""
     payload = {
@@ -163,7 +163,7 @@ def accident_denm(station: str, lat: float, lon: float, ts_ms: int, station_type
 
 
 def publish_accident_pair(
-    fleet: MqttPublisher, first: str, second: str, lat: float, lon: float
+    fleet: BlockingPublisher, first: str, second: str, lat: float, lon: float
 ) -> None:
     """Two cars report an accident, 70 m and half a second apart: one event (SPEC §3).
 
@@ -175,12 +175,13 @@ def publish_accident_pair(
         f"vehicles/{second}/denm",
         accident_denm(second, lat + 0.0004, lon + 0.0005, now_ms + 500),
         1,
-    ).wait_for_publish(5)
+    )
+    fleet.flush(5)
 
 
 def report_until_stored(
     settings: Settings,
-    fleet: MqttPublisher,
+    fleet: BlockingPublisher,
     station: str,
     position: tuple[float, float],
     done: Callable[[list[dict[str, Any]]], bool],

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from roadwatch.adapters.mqtt import MqttPublisher
+from roadwatch.adapters.mqtt import BlockingPublisher
 from roadwatch.domain.geo import haversine_m
 from roadwatch.domain.zones import zone_from_feature
 from tests.e2e.helpers import (
@@ -103,7 +103,7 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 
 @pytest.fixture
-def fleet(system: Settings) -> Iterator[MqttPublisher]:
+def fleet(system: Settings) -> Iterator[BlockingPublisher]:
     """The simulator's fleet account, allowed to publish for any vehicle."""
     with connected(fleet_endpoint(system)) as publisher:
         yield publisher
@@ -113,11 +113,12 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{time.time_ns() % 10**9}"
 
 
-def publish_operator_accident(fleet: MqttPublisher, lat: float, lon: float) -> str:
+def publish_operator_accident(fleet: BlockingPublisher, lat: float, lon: float) -> str:
     """One accident DENM from a road operator (station type 15): an accident at once (SPEC §3)."""
     station = unique("web-op")
     denm = accident_denm(station, lat, lon, int(time.time() * 1000), station_type=15)
-    fleet.publish(f"vehicles/{station}/denm", denm, 1).wait_for_publish(5)
+    fleet.publish(f"vehicles/{station}/denm", denm, 1)
+    fleet.flush(5)  # acknowledged by the broker
     return station
 
 
@@ -126,7 +127,7 @@ def feed_row_for_station(page: Page, station: str) -> Any:
 
 
 def test_a_detected_accident_appears_in_the_feed_and_on_the_map_within_2_s(
-    system: Settings, context: BrowserContext, fleet: MqttPublisher
+    system: Settings, context: BrowserContext, fleet: BlockingPublisher
 ) -> None:
     live = open_live(context, system)
     lat, lon = next_place()
@@ -161,7 +162,7 @@ def place_clear_of_jams(site: str) -> tuple[float, float]:
 
 
 def test_a_traffic_jam_shows_its_extent_on_the_map(
-    system: Settings, context: BrowserContext, fleet: MqttPublisher
+    system: Settings, context: BrowserContext, fleet: BlockingPublisher
 ) -> None:
     live = open_live(context, system)
     # Scenarios replayed earlier leave jams of their own (updated at most every 30 s).
@@ -198,7 +199,7 @@ def test_a_traffic_jam_shows_its_extent_on_the_map(
 
 
 def test_clicking_an_event_shows_its_details(
-    system: Settings, context: BrowserContext, fleet: MqttPublisher
+    system: Settings, context: BrowserContext, fleet: BlockingPublisher
 ) -> None:
     live = open_live(context, system)
     lat, lon = next_place()
@@ -256,7 +257,7 @@ def test_language_switch_to_french_translates_the_page_and_persists(
 
 
 def test_the_page_reconnects_by_itself_after_prosody_restarts(
-    system: Settings, prosody: Prosody, context: BrowserContext, fleet: MqttPublisher
+    system: Settings, prosody: Prosody, context: BrowserContext, fleet: BlockingPublisher
 ) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: PLC0415
 
@@ -295,7 +296,7 @@ def test_the_page_reconnects_by_itself_after_prosody_restarts(
 def test_a_zone_name_with_markup_stays_text_on_the_map_and_in_the_feed(
     system: Settings,
     context: BrowserContext,
-    fleet: MqttPublisher,
+    fleet: BlockingPublisher,
     screenshot: Callable[[Page, str], Path],
 ) -> None:
     # Inside the network's bounds (so on screen), south of the grid of next_place() and away
@@ -345,7 +346,7 @@ def test_a_zone_name_with_markup_stays_text_on_the_map_and_in_the_feed(
 def test_screenshots_of_the_live_page_on_desktop_and_phone(
     system: Settings,
     browser: Browser,
-    fleet: MqttPublisher,
+    fleet: BlockingPublisher,
     screenshot: Callable[[Page, str], Path],
 ) -> None:
     lat, lon = next_place()
@@ -389,7 +390,7 @@ def kind_checkbox(page: Page, kind: str) -> Any:
 
 
 def test_hiding_zone_crossings_hides_their_rows_and_markers_and_survives_a_reload(
-    system: Settings, context: BrowserContext, fleet: MqttPublisher
+    system: Settings, context: BrowserContext, fleet: BlockingPublisher
 ) -> None:
     site = site_url(system)
     live = open_live(context, system)
@@ -449,7 +450,7 @@ def test_hiding_zone_crossings_hides_their_rows_and_markers_and_survives_a_reloa
 
 
 def test_hidden_accidents_are_not_announced_to_screen_readers(
-    system: Settings, context: BrowserContext, fleet: MqttPublisher
+    system: Settings, context: BrowserContext, fleet: BlockingPublisher
 ) -> None:
     live = open_live(context, system)
     page = live.page
@@ -473,7 +474,7 @@ def test_hidden_accidents_are_not_announced_to_screen_readers(
 def test_a_phone_shows_30_feed_rows_until_show_more_is_pressed(
     system: Settings,
     browser: Browser,
-    fleet: MqttPublisher,
+    fleet: BlockingPublisher,
     screenshot: Callable[[Page, str], Path],
 ) -> None:
     context = browser.new_context(locale="en-GB", viewport=PHONE)

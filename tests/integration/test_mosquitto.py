@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import secrets
 import time
 from collections.abc import Iterator
@@ -10,17 +9,17 @@ from collections.abc import Iterator
 import pytest
 
 from roadwatch.adapters.mqtt import (
+    BlockingPublisher,
     MqttAuthError,
     MqttEndpoint,
-    MqttPublisher,
-    MqttSubscriber,
+    MqttError,
+    MqttPublishRefused,
 )
 from roadwatch.runner.mosquitto import Mosquitto
 from roadwatch.settings import Settings
+from tests.integration.mqtt_inbox import Inbox, fleet_endpoint, gateway_endpoint
 
 pytestmark = pytest.mark.integration
-
-Received = queue.Queue[tuple[str, bytes]]
 
 
 def endpoint(settings: Settings, user: str, password: str, client_id: str = "") -> MqttEndpoint:
@@ -28,20 +27,10 @@ def endpoint(settings: Settings, user: str, password: str, client_id: str = "") 
 
 
 @pytest.fixture
-def gateway_inbox(test_settings: Settings, mosquitto: Mosquitto) -> Iterator[Received]:
+def gateway_inbox(test_settings: Settings, mosquitto: Mosquitto) -> Iterator[Inbox]:
     """Messages received by a subscriber logged in with the gateway account."""
-    inbox: Received = queue.Queue()
-    subscriber = MqttSubscriber(
-        endpoint(
-            test_settings,
-            test_settings.mqtt_gateway_user,
-            test_settings.mqtt_gateway_password.get_secret_value(),
-        ),
-        handler=lambda topic, payload: inbox.put((topic, payload)),
-    )
-    subscriber.start()
-    yield inbox
-    subscriber.stop()
+    with Inbox(gateway_endpoint(test_settings)) as inbox:
+        yield inbox
 
 
 @pytest.fixture
@@ -55,86 +44,89 @@ def vehicle(test_settings: Settings, mosquitto: Mosquitto) -> tuple[str, str]:
     return station, password
 
 
-def drain(inbox: Received, wait_s: float = 1.0) -> list[tuple[str, bytes]]:
-    deadline = time.monotonic() + wait_s
-    got: list[tuple[str, bytes]] = []
-    while time.monotonic() < deadline:
-        try:
-            got.append(inbox.get(timeout=0.05))
-        except queue.Empty:
-            continue
-    return got
-
-
 def test_anonymous_client_is_refused(test_settings: Settings, mosquitto: Mosquitto) -> None:
+    started = time.monotonic()
     with pytest.raises(MqttAuthError):
-        MqttPublisher(endpoint(test_settings, "", "")).start(timeout_s=5)
+        BlockingPublisher(endpoint(test_settings, "", "")).start(timeout_s=5)
+    assert time.monotonic() - started < 2  # at once: retrying cannot help
 
 
 def test_wrong_password_is_refused(test_settings: Settings, mosquitto: Mosquitto) -> None:
     with pytest.raises(MqttAuthError):
-        MqttPublisher(endpoint(test_settings, test_settings.mqtt_fleet_user, "nope")).start(5)
+        BlockingPublisher(endpoint(test_settings, test_settings.mqtt_fleet_user, "nope")).start(5)
 
 
 def test_fleet_account_publishes_for_any_vehicle(
-    test_settings: Settings, gateway_inbox: Received
+    test_settings: Settings, gateway_inbox: Inbox
 ) -> None:
-    fleet = MqttPublisher(
-        endpoint(
-            test_settings,
-            test_settings.mqtt_fleet_user,
-            test_settings.mqtt_fleet_password.get_secret_value(),
-        )
-    )
+    fleet = BlockingPublisher(fleet_endpoint(test_settings))
     fleet.start()
     try:
-        fleet.publish("vehicles/a1/cam", b"cam-a1").wait_for_publish(5)
-        fleet.publish("vehicles/b2/denm", b"denm-b2", qos=1).wait_for_publish(5)
+        fleet.publish("vehicles/a1/cam", b"cam-a1")
+        denm = fleet.publish("vehicles/b2/denm", b"denm-b2", qos=1)
+        assert denm is not None
+        denm.wait(5)
+        assert denm.done()
     finally:
         fleet.stop()
-    topics = {topic for topic, _ in drain(gateway_inbox)}
-    assert topics == {"vehicles/a1/cam", "vehicles/b2/denm"}
+    received = gateway_inbox.wait_for(2)
+    assert {(topic, payload) for topic, payload, _qos in received} == {
+        ("vehicles/a1/cam", b"cam-a1"),
+        ("vehicles/b2/denm", b"denm-b2"),
+    }
+
+
+def test_a_message_that_cannot_be_encoded_fails_alone(
+    test_settings: Settings, gateway_inbox: Inbox
+) -> None:
+    fleet = BlockingPublisher(fleet_endpoint(test_settings))
+    fleet.start()
+    try:
+        bad = fleet.publish("vehicles/\udc80/denm", b"lone surrogate", qos=1)
+        good = fleet.publish("vehicles/c3/denm", b"fine", qos=1)
+        assert bad is not None and good is not None
+        with pytest.raises(MqttError, match="cannot publish"):
+            bad.wait(5)
+        good.wait(5)
+        assert fleet.failed_publishes == 1
+    finally:
+        fleet.stop()
+    assert gateway_inbox.wait_for(1) == [("vehicles/c3/denm", b"fine", 1)]
 
 
 def test_vehicle_publishes_only_as_itself(
-    test_settings: Settings, gateway_inbox: Received, vehicle: tuple[str, str]
+    test_settings: Settings, gateway_inbox: Inbox, vehicle: tuple[str, str]
 ) -> None:
     station, password = vehicle
-    car = MqttPublisher(endpoint(test_settings, station, password))
+    car = BlockingPublisher(endpoint(test_settings, station, password))
     car.start()
     try:
-        car.publish(f"vehicles/{station}/cam", b"mine", qos=1).wait_for_publish(5)
-        car.publish("vehicles/someone-else/cam", b"forged", qos=1).wait_for_publish(5)
+        mine = car.publish(f"vehicles/{station}/cam", b"mine", qos=1)
+        forged = car.publish("vehicles/someone-else/cam", b"forged", qos=1)
+        assert mine is not None and forged is not None
+        mine.wait(5)
+        with pytest.raises(MqttPublishRefused) as refused:
+            forged.wait(5)
+        assert refused.value.reason == 0x87  # not authorised
+        assert car.stats.refused_publishes == 1
     finally:
         car.stop()
-    received = drain(gateway_inbox)
-    assert (f"vehicles/{station}/cam", b"mine") in received
-    assert all(topic != "vehicles/someone-else/cam" for topic, _ in received)
+    received = gateway_inbox.quiet(0.5)
+    assert (f"vehicles/{station}/cam", b"mine", 0) in received
+    assert all(topic != "vehicles/someone-else/cam" for topic, _payload, _qos in received)
 
 
 def test_vehicle_cannot_read_other_vehicles(
-    test_settings: Settings, vehicle: tuple[str, str]
+    test_settings: Settings, mosquitto: Mosquitto, vehicle: tuple[str, str]
 ) -> None:
     station, password = vehicle
-    spy_inbox: Received = queue.Queue()
-    spy = MqttSubscriber(
-        endpoint(test_settings, station, password),
-        handler=lambda topic, payload: spy_inbox.put((topic, payload)),
-        subscriptions=(("vehicles/#", 0),),
-    )
-    spy.start()
-    fleet = MqttPublisher(
-        endpoint(
-            test_settings,
-            test_settings.mqtt_fleet_user,
-            test_settings.mqtt_fleet_password.get_secret_value(),
-        )
-    )
-    fleet.start()
-    try:
-        time.sleep(0.2)
-        fleet.publish("vehicles/other/cam", b"private", qos=1).wait_for_publish(5)
-        assert drain(spy_inbox, 1.0) == []
-    finally:
-        fleet.stop()
-        spy.stop()
+    with Inbox(endpoint(test_settings, station, password), (("vehicles/#", 0),)) as spy:
+        fleet = BlockingPublisher(fleet_endpoint(test_settings))
+        fleet.start()
+        try:
+            delivery = fleet.publish("vehicles/other/cam", b"private", qos=1)
+            assert delivery is not None
+            delivery.wait(5)
+            assert spy.quiet(1.0) == []
+        finally:
+            fleet.stop()

@@ -1,19 +1,18 @@
-"""The MQTT 5 packet codec of the gateway's intake, and how the intake survives bad packets."""
+"""The MQTT 5 packet codec, and how the MQTT client survives a broker sending bad packets."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import socket
 import threading
-import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roadwatch.adapters import mqtt_codec as codec
-from roadwatch.adapters.mqtt import MqttEndpoint, MqttSubscriber
-from roadwatch.adapters.mqtt_codec import MalformedPacketError, PacketStream
+from roadwatch.adapters.mqtt import MqttClient, MqttEndpoint, codec
+from roadwatch.adapters.mqtt.codec import MalformedPacketError, PacketStream
 
 LIMIT = 256 * 1024
 topics = st.text(
@@ -201,13 +200,13 @@ def test_subscribe_puback_and_broker_replies() -> None:
     assert codec.decode_disconnect(b"") == (0, "")
 
 
-# -- the intake facing a broker that sends garbage ------------------------------------------
+# -- the client facing a broker that sends garbage ------------------------------------------
 
 
 class GarbageBroker:
     """A listener speaking just enough MQTT to accept a subscriber, then sending `garbage`.
 
-    It counts the connections it accepted: the intake must come back after each bad packet.
+    It counts the connections it accepted: the client must come back after each bad packet.
     """
 
     def __init__(self, garbage: bytes) -> None:
@@ -249,7 +248,7 @@ class GarbageBroker:
         (b"\x30\x04\x00\x09ab", codec.MALFORMED_PACKET),
         (b"\x30\x07\x00\x01a\x03\x23\x00\x01", codec.TOPIC_ALIAS_INVALID),
         (b"\x30\xff\xff\xff\xff\x01", codec.MALFORMED_PACKET),
-        (b"\x50\x02\x00\x01", codec.PROTOCOL_ERROR),  # PUBREC: we never publish
+        (b"\x50\x02\x00\x01", codec.PROTOCOL_ERROR),  # PUBREC: we never publish at QoS 2
     ],
 )
 def test_malformed_packet_drops_the_connection_and_reconnects(
@@ -257,22 +256,30 @@ def test_malformed_packet_drops_the_connection_and_reconnects(
 ) -> None:
     broker = GarbageBroker(garbage)
     received: list[tuple[str, bytes]] = []
-    subscriber = MqttSubscriber(
+    client = MqttClient(
         MqttEndpoint("127.0.0.1", broker.port, "gateway", "pw"),
-        lambda topic, payload: received.append((topic, payload)),
         subscriptions=(("vehicles/+/cam", 0),),
+        on_message=lambda topic, payload, qos: received.append((topic, payload)),
     )
-    subscriber.start(timeout_s=5)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(client.run())
+        try:
+            for _tick in range(200):  # 10 s
+                if broker.connections >= 2:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await client.close()
+            await asyncio.wait_for(task, 5)
+
     try:
-        deadline = time.monotonic() + 10
-        while broker.connections < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert broker.connections >= 2  # back after RECONNECT_MIN_DELAY_S
-        assert subscriber.malformed >= 1
-        assert subscriber.reconnects >= 1
-        assert received[0] == ("vehicles/ok/cam", b"fine")
-        # The broker was told why (DISCONNECT with the reason code) before the line dropped.
-        assert broker.received_after_garbage[0] == codec.encode_disconnect(reason_code)
+        asyncio.run(scenario())
     finally:
-        subscriber.stop()
         broker.close()
+    assert broker.connections >= 2  # back after RECONNECT_MIN_DELAY_S
+    assert client.stats.malformed >= 1
+    assert client.stats.connects >= 2
+    assert received[0] == ("vehicles/ok/cam", b"fine")
+    # The broker was told why (DISCONNECT with the reason code) before the line dropped.
+    assert broker.received_after_garbage[0] == codec.encode_disconnect(reason_code)

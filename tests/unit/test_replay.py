@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from roadwatch.adapters.mqtt import MqttError
 from roadwatch.cli import build_parser
 from roadwatch.services.replay import (
     ReplayControl,
@@ -28,13 +29,24 @@ SETTINGS = Settings(_env_file=None, environment="development")  # type: ignore[c
 
 
 class FakePublisher:
-    """Keeps what was published, with the wall-clock time of each publication."""
+    """Keeps what was published, with the wall-clock time of each publication.
 
-    def __init__(self) -> None:
+    `flushes` counts how often the replay waited for the broker; `missing` makes that fail.
+    """
+
+    def __init__(self, dropped: int = 0, missing: str = "") -> None:
         self.published: list[tuple[float, str, bytes, int]] = []
+        self.flushes: list[int] = []
+        self.dropped = dropped
+        self.missing = missing
 
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
         self.published.append((time.time(), topic, payload, qos))
+
+    def flush(self, timeout_s: float) -> None:
+        self.flushes.append(len(self.published))
+        if self.missing:
+            raise MqttError(self.missing)
 
     def payloads(self) -> list[dict[str, Any]]:
         return [orjson.loads(payload) for _, _, payload, _ in self.published]
@@ -152,6 +164,26 @@ def test_a_replay_is_paced_and_dated_up_to_now(trace: Path) -> None:
     assert publisher.published[-1][1:] == ("vehicles/rsu/denm", publisher.published[-1][2], 1)
 
 
+def test_the_replay_ends_once_the_broker_has_everything(trace: Path) -> None:
+    publisher = FakePublisher(dropped=3)
+    stats = replay(SETTINGS, trace, float("inf"), publisher=publisher)
+    assert publisher.flushes == [22]
+    assert stats.dropped == 3  # QoS 0 beyond what was kept while the broker was away
+
+
+def test_a_broker_that_never_takes_everything_fails_the_replay_clearly(trace: Path) -> None:
+    publisher = FakePublisher(missing="after 60 s, 1 QoS 1 publications are still unacknowledged")
+    with pytest.raises(ReplayError, match="did not take the whole replay: after 60 s, 1 QoS 1"):
+        replay(SETTINGS, trace, float("inf"), publisher=publisher)
+
+
+def test_qos_2_lines_are_published_at_least_once(tmp_path: Path) -> None:
+    path = write_trace(tmp_path / "q2.jsonl", [{**cam_line("a", T0), "qos": 2}])
+    publisher = FakePublisher()
+    replay(SETTINGS, path, float("inf"), publisher=publisher)
+    assert [qos for _, _, _, qos in publisher.published] == [1]
+
+
 def test_a_fixed_offset_is_used_as_given(trace: Path) -> None:
     publisher = FakePublisher()
     replay(SETTINGS, trace, float("inf"), publisher=publisher, offset_ms=-T0)
@@ -186,6 +218,8 @@ def test_checkpoints_run_in_order_and_do_not_count_for_pacing(trace: Path) -> No
     )
     elapsed = time.monotonic() - started
     assert seen == [(0.0, 1), (0.5, 11)]
+    # Each checkpoint sees what was published so far in the broker's hands.
+    assert publisher.flushes[:2] == [1, 11]
     assert stats.paused_s >= 0.6
     # Paused time shifts the schedule instead of being caught up at full speed afterwards.
     assert elapsed >= 0.6 + 0.09

@@ -9,6 +9,12 @@ at the pace of their own time deltas divided by the speed-up: with speed-up s â‰
 `ts' = ts + (start + duration / s - last)`, which keeps every timestamp at or before its
 publication (SPEC Â§2 refuses timestamps more than 5 minutes ahead) and every delta, hence the
 detected events, unchanged. Below 1 the trace starts "now" instead, for the same guarantee.
+
+The broker may go away mid-replay (a restart): the pacing goes on, QoS 1 publications are kept
+and sent again until acknowledged, QoS 0 ones are kept up to a generous limit (beyond it they
+are dropped, counted and logged), and the replay ends only once the broker has everything, or
+fails after `ack_timeout_s` saying what it does not have. MQTT has no QoS 2 here: such lines
+are published at QoS 1 (at least once).
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +30,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from roadwatch.adapters.mqtt import MqttEndpoint, MqttError, MqttPublisher
+from roadwatch.adapters.mqtt import BlockingPublisher, MqttEndpoint, MqttError
 from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,9 +38,15 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 2.0
 # Sleeping shorter than this costs more than it paces.
 MIN_SLEEP_S = 0.001
-PUBLISH_WAIT_S = 30.0
-# QoS 1 publications waiting for their PUBACK, beyond which the replay waits for the broker.
-MAX_UNACKED = 10_000
+# How long the end of the replay (and each checkpoint) waits for the broker to have
+# everything: QoS 1 acknowledged, QoS 0 kept during an outage sent.
+ACK_TIMEOUT_S = 60.0
+# QoS 0 publications kept while the broker is away: about 50 MB, minutes of a typical trace.
+OFFLINE_LIMIT = 200_000
+# QoS 1 publications awaiting acknowledgement beyond which the replay waits for the broker.
+MAX_UNACKNOWLEDGED = 100_000
+# After a successful final flush the connection only has to say goodbye.
+STOP_TIMEOUT_S = 2.0
 MAX_LOGGED_BAD_LINES = 5
 
 
@@ -44,9 +55,16 @@ class ReplayError(Exception):
 
 
 class Publisher(Protocol):
-    """What the replay publishes through (an MqttPublisher, or a fake in tests)."""
+    """What the replay publishes through (a BlockingPublisher, or a fake in tests)."""
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> Any: ...
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> object: ...
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait until the broker has everything published so far; raise MqttError if not."""
+
+    @property
+    def dropped(self) -> int:
+        """QoS 0 publications dropped while the broker was away."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +89,7 @@ class ReplayStats:
     offset_ms: int
     published: int = 0
     skipped: int = 0
+    dropped: int = 0  # QoS 0, beyond what is kept while the broker is away
     started_at: float = field(default_factory=time.monotonic)
     paused_s: float = 0.0
 
@@ -219,36 +238,48 @@ def replay(
     checkpoints: Mapping[float, Callable[[ReplayStats], None]] | None = None,
     offset_ms: int | None = None,
     publisher: Publisher | None = None,
+    offline_limit: int = OFFLINE_LIMIT,
+    ack_timeout_s: float = ACK_TIMEOUT_S,
 ) -> ReplayStats:
     """Publish the trace with the fleet account; blocks until done, returns the figures.
 
     `checkpoints` maps fractions of the trace (0 to 1) to callbacks, called in the replay's
     thread once that share is published and handed to the broker; time spent in them (or
     paused through `control`) does not count for the pacing. `offset_ms` fixes the time shift
-    (by default the trace ends "now"); `publisher` replaces the MQTT connection.
+    (by default the trace ends "now"); `publisher` replaces the MQTT connection. Raises
+    ReplayError when the broker has not taken everything `ack_timeout_s` after the end.
     """
     if not speedup > 0:
         raise ReplayError("the speed-up must be positive")
     info = scan_trace(path)
-    own: MqttPublisher | None = None
+    own: BlockingPublisher | None = None
     if publisher is None:
-        own = MqttPublisher(
+        own = BlockingPublisher(
             MqttEndpoint(
                 settings.mqtt_host,
                 settings.mqtt_port,
                 settings.mqtt_fleet_user,
                 settings.mqtt_fleet_password.get_secret_value(),
-            )
+            ),
+            name="replay",
+            offline_limit=offline_limit,
+            max_unacknowledged=MAX_UNACKNOWLEDGED,
         )
         own.start()
         publisher = own
     try:
         return _Replay(
-            info, publisher, speedup, control=control, checkpoints=checkpoints, offset_ms=offset_ms
+            info,
+            publisher,
+            speedup,
+            control=control,
+            checkpoints=checkpoints,
+            offset_ms=offset_ms,
+            ack_timeout_s=ack_timeout_s,
         ).run(path)
     finally:
         if own is not None:
-            own.stop()
+            own.stop(STOP_TIMEOUT_S)
 
 
 class _Replay:
@@ -261,6 +292,7 @@ class _Replay:
         control: ReplayControl | None,
         checkpoints: Mapping[float, Callable[[ReplayStats], None]] | None,
         offset_ms: int | None,
+        ack_timeout_s: float,
     ) -> None:
         self.info = info
         self.publisher = publisher
@@ -270,8 +302,7 @@ class _Replay:
         start_ms = round(time.time() * 1000)
         offset = rebase_offset(info, start_ms, speedup) if offset_ms is None else offset_ms
         self.stats = ReplayStats(total=info.lines, offset_ms=offset)
-        self._last_info: Any = None
-        self._unacked: deque[Any] = deque()
+        self.ack_timeout_s = ack_timeout_s
 
     def run(self, path: Path) -> ReplayStats:
         info, stats = self.info, self.stats
@@ -314,14 +345,19 @@ class _Replay:
             now = time.monotonic()
             if now >= next_progress:
                 next_progress = now + PROGRESS_INTERVAL_S
+                stats.dropped = self.publisher.dropped
                 log.info(
-                    "replay: %d / %d publications (%.1f %%), %.0f msg/s",
+                    "replay: %d / %d publications (%.1f %%), %.0f msg/s%s",
                     stats.published,
                     info.lines,
                     100 * stats.fraction,
                     stats.published / max(1e-9, now - origin - stats.paused_s),
+                    f", {stats.dropped} dropped while the broker was away" if stats.dropped else "",
                 )
-        self.wait_published()
+        try:
+            self.wait_published()
+        finally:
+            stats.dropped = self.publisher.dropped
         active_s = max(1e-9, stats.elapsed_s - stats.paused_s)
         log.info(
             "replay done: %d publications in %.1f s (%.0f msg/s), %d lines skipped",
@@ -330,6 +366,11 @@ class _Replay:
             stats.published / active_s,
             stats.skipped,
         )
+        if stats.dropped:
+            log.warning(
+                "replay: %d QoS 0 publications were dropped while the broker was away",
+                stats.dropped,
+            )
         return stats
 
     def _publish(self, line: _Line) -> None:
@@ -339,37 +380,14 @@ class _Replay:
             if isinstance(payload, bytes)
             else orjson.dumps(rebase_payload(payload, self.stats.offset_ms))
         )
-        published = self.publisher.publish(line.topic, data, line.qos)
-        self._last_info = published
-        if line.qos and published is not None:
-            unacked = self._unacked
-            unacked.append(published)
-            while unacked and _is_published(unacked[0]):
-                unacked.popleft()
-            if len(unacked) >= MAX_UNACKED:
-                _wait(unacked.popleft())
+        self.publisher.publish(line.topic, data, min(line.qos, 1))
 
     def wait_published(self) -> None:
         """Wait until the broker has everything published so far (QoS 1 acknowledged)."""
-        while self._unacked:
-            _wait(self._unacked.popleft())
-        if self._last_info is not None:
-            _wait(self._last_info)
-
-
-def _is_published(info: Any) -> bool:
-    check = getattr(info, "is_published", None)
-    return True if check is None else bool(check())
-
-
-def _wait(info: Any) -> None:
-    wait = getattr(info, "wait_for_publish", None)
-    if wait is not None:
         try:
-            wait(PUBLISH_WAIT_S)
-        except (RuntimeError, ValueError) as exc:
-            # paho raises when the connection is down; the broker will not get this one.
-            log.warning("replay: a publication was not confirmed: %s", exc)
+            self.publisher.flush(self.ack_timeout_s)
+        except MqttError as exc:
+            raise ReplayError(f"the broker did not take the whole replay: {exc}") from exc
 
 
 def main(settings: Settings, path: Path, speedup: float) -> int:

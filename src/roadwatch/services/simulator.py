@@ -2,6 +2,11 @@
 
 Fleet mode publishes with the fleet account over a few connections; vehicle mode connects each
 vehicle as itself, so the broker's per-vehicle ACL is exercised (SPEC §2).
+
+The simulator outlives broker restarts: its connections come back by themselves, DENMs (QoS 1)
+are kept and sent again until acknowledged, and CAMs (QoS 0) published while the broker is away
+are kept only for a couple of seconds' worth (`offline_limit`): a live demo coming back from an
+outage sends a short burst of slightly old positions, not minutes of stale ones.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from roadwatch.adapters.mqtt import MqttEndpoint, MqttError, MqttPublisher
+from roadwatch.adapters.mqtt import BlockingPublisher, EventLoopThread, MqttEndpoint, MqttError
 from roadwatch.services.status import STATUS_INTERVAL_S, StatusFile
 from roadwatch.settings import Settings
 from roadwatch.simulation.cam import Publication
@@ -32,9 +37,15 @@ log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # CAMs at 1 Hz per vehicle
 DEFAULT_CONNECTIONS = 2
-# Each vehicle-mode connection is a paho client with its own network thread and a broker
-# account created by a mosquitto_passwd run: beyond a few hundred that is all overhead.
+# Each vehicle-mode connection has a broker account created by a mosquitto_passwd run, and its
+# own session on the broker: beyond a few hundred that is all overhead.
 MAX_VEHICLE_CONNECTIONS = 200
+# While the broker is away, each connection keeps its vehicles' CAMs for this long (at least
+# MIN_OFFLINE_LIMIT of them); later ones are dropped and counted.
+OFFLINE_KEEP_S = 2.0
+MIN_OFFLINE_LIMIT = 100
+# On stop, time left for the broker to acknowledge the last DENMs (supervisors wait ~10 s).
+STOP_TIMEOUT_S = 3.0
 # With no --duration, a faster-than-real-time run starts this much simulated time in the past,
 # and falls back to real time once its clock has caught up with the wall clock.
 DEFAULT_HORIZON_S = 3600.0
@@ -215,36 +226,77 @@ def station_of(topic: str) -> str:
     return parts[1] if len(parts) == 3 else ""
 
 
+def offline_limit(vehicles: int, connections: int) -> int:
+    """Return how many CAMs one connection keeps while the broker is away."""
+    per_connection = vehicles / max(1, connections)
+    return max(MIN_OFFLINE_LIMIT, math.ceil(OFFLINE_KEEP_S * per_connection / TICK_S))
+
+
+def stop_publishers(publishers: Iterable[BlockingPublisher], timeout_s: float) -> None:
+    """Stop every publisher within `timeout_s` in all; log what an outage cost."""
+    deadline = time.monotonic() + timeout_s
+    dropped = reconnects = unacknowledged = 0
+    for publisher in publishers:
+        publisher.stop(max(0.0, deadline - time.monotonic()))
+        dropped += publisher.dropped
+        reconnects += publisher.reconnects
+        unacknowledged += publisher.unacknowledged
+    if reconnects or dropped or unacknowledged:
+        log.warning(
+            "MQTT: %d reconnections during the run, %d CAMs dropped while the broker was away,"
+            " %d DENMs unacknowledged at the end",
+            reconnects,
+            dropped,
+            unacknowledged,
+        )
+
+
 class FleetSink:
     """The fleet account over K connections; each vehicle always uses the same one."""
 
-    def __init__(self, settings: Settings, connections: int, run_tag: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        connections: int,
+        run_tag: str,
+        offline_limit: int = MIN_OFFLINE_LIMIT,
+    ) -> None:
+        # One event loop thread carries every connection's client.
+        self.loop_thread = EventLoopThread("simulator-mqtt")
         self.publishers = [
-            MqttPublisher(
+            BlockingPublisher(
                 MqttEndpoint(
                     host=settings.mqtt_host,
                     port=settings.mqtt_port,
                     username=settings.mqtt_fleet_user,
                     password=settings.mqtt_fleet_password.get_secret_value(),
                     client_id=f"roadwatch-sim-{run_tag}-{n}",
-                )
+                ),
+                name=f"simulator-{n}",
+                offline_limit=offline_limit,
+                loop_thread=self.loop_thread,
             )
             for n in range(max(1, connections))
         ]
         # Keeping a vehicle on one connection keeps its messages in order (MQTT orders per
         # connection only).
-        self._route: dict[str, MqttPublisher] = {}
+        self._route: dict[str, BlockingPublisher] = {}
 
     def start(self) -> None:
-        started: list[MqttPublisher] = []
+        started: list[BlockingPublisher] = []
         try:
             for publisher in self.publishers:
                 publisher.start()
                 started.append(publisher)
         except MqttError:
-            for publisher in started:
-                publisher.stop()
+            stop_publishers(started, 0.0)
+            self.loop_thread.stop()
             raise
+
+    @property
+    def dropped(self) -> int:
+        """CAMs dropped while the broker was away."""
+        return sum(publisher.dropped for publisher in self.publishers)
 
     def publish(self, topic: str, payload: bytes, qos: int) -> None:
         station = station_of(topic)
@@ -255,8 +307,8 @@ class FleetSink:
         publisher.publish(topic, payload, qos)
 
     def close(self) -> None:
-        for publisher in self.publishers:
-            publisher.stop()
+        stop_publishers(self.publishers, STOP_TIMEOUT_S)
+        self.loop_thread.stop()
 
 
 Provisioner = Callable[[Mapping[str, str]], None]
@@ -293,8 +345,10 @@ class VehicleSink:
     settings: Settings
     provision: Provisioner
     limit: int = MAX_VEHICLE_CONNECTIONS
-    publishers: dict[str, MqttPublisher] = field(default_factory=dict)
+    publishers: dict[str, BlockingPublisher] = field(default_factory=dict)
     skipped: set[str] = field(default_factory=set)
+    # One event loop thread carries every vehicle's connection.
+    loop_thread: EventLoopThread = field(default_factory=lambda: EventLoopThread("simulator-mqtt"))
 
     def prepare(self, stations: Iterable[str]) -> None:
         """Provision and connect the vehicles not seen yet, in one broker reload."""
@@ -314,14 +368,17 @@ class VehicleSink:
         accounts = {station: secrets.token_urlsafe(18) for station in new}
         self.provision(accounts)
         for station, password in accounts.items():
-            publisher = MqttPublisher(
+            publisher = BlockingPublisher(
                 MqttEndpoint(
                     host=self.settings.mqtt_host,
                     port=self.settings.mqtt_port,
                     username=station,
                     password=password,
                     client_id=station,
-                )
+                ),
+                name=station,
+                offline_limit=offline_limit(1, 1),
+                loop_thread=self.loop_thread,
             )
             publisher.start()
             self.publishers[station] = publisher
@@ -333,8 +390,8 @@ class VehicleSink:
             publisher.publish(topic, payload, qos)
 
     def close(self) -> None:
-        for publisher in self.publishers.values():
-            publisher.stop()
+        stop_publishers(self.publishers.values(), STOP_TIMEOUT_S)
+        self.loop_thread.stop()
 
 
 class NullSink:
@@ -533,7 +590,12 @@ def main(
         vehicle_sink = VehicleSink(settings, mosquitto_provisioner(settings))
         sink, prepare = vehicle_sink, vehicle_sink.prepare
     else:
-        fleet = FleetSink(settings, connections, secrets.token_hex(3))
+        fleet = FleetSink(
+            settings,
+            connections,
+            secrets.token_hex(3),
+            offline_limit=offline_limit(vehicles, connections),
+        )
         try:
             fleet.start()
         except MqttError as exc:

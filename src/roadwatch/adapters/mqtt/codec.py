@@ -1,7 +1,7 @@
-"""MQTT 5.0 control packets, as far as the gateway's intake needs them (OASIS MQTT 5.0).
+"""MQTT 5.0 control packets, as far as RoadWatch's clients need them (OASIS MQTT 5.0).
 
-The client side of a subscriber: it encodes CONNECT, SUBSCRIBE, PUBACK, PINGREQ and
-DISCONNECT, and decodes what a broker sends it. Decoding works on whole chunks received from
+The client side: it encodes CONNECT, SUBSCRIBE, PUBLISH, PUBACK, PINGREQ and DISCONNECT,
+and decodes what a broker sends a client. Decoding works on whole chunks received from
 the socket: `PacketStream` cuts them into packets, and PUBLISH bodies are decoded without
 building property objects (a property block is only walked when it is not empty).
 """
@@ -32,6 +32,7 @@ PROTOCOL_ERROR = 0x82
 TOPIC_ALIAS_INVALID = 0x94
 
 # Property identifiers (§2.2.2.2) used here.
+MESSAGE_EXPIRY_INTERVAL = 0x02
 SESSION_EXPIRY_INTERVAL = 0x11
 SERVER_KEEP_ALIVE = 0x13
 REASON_STRING = 0x1F
@@ -265,13 +266,26 @@ def encode_publish(
     qos: int = 0,
     packet_id: int = 0,
     properties: bytes = b"",
+    *,
+    retain: bool = False,
+    dup: bool = False,
 ) -> bytes:
     """Encode PUBLISH (§3.3); `properties` is an encoded property list without its length."""
     body = encode_string(topic)
     if qos:
         body += packet_id.to_bytes(2, "big")
     body += encode_varint(len(properties)) + properties + payload
-    return _packet((PUBLISH << 4) | (qos << 1), body)
+    return _packet((PUBLISH << 4) | (dup << 3) | (qos << 1) | retain, body)
+
+
+def mark_duplicate(packet: bytes) -> bytes:
+    """Return a QoS 1 PUBLISH packet with its DUP flag set, for sending it again (§3.3.1.1)."""
+    return bytes((packet[0] | 0x08,)) + packet[1:]
+
+
+def message_expiry(seconds: int) -> bytes:
+    """Encode a Message Expiry Interval property (§3.3.2.3.3) for `encode_publish`."""
+    return bytes((MESSAGE_EXPIRY_INTERVAL,)) + seconds.to_bytes(4, "big")
 
 
 # -- packets this client receives -------------------------------------------------------------
@@ -359,6 +373,13 @@ def decode_connack(body: bytes) -> tuple[bool, int, dict[int, PropertyValue]]:
     if end != len(body):
         raise MalformedPacketError("CONNACK longer than its fields")
     return bool(body[0] & 1), body[1], properties
+
+
+def decode_puback(body: bytes) -> tuple[int, int]:
+    """Decode PUBACK (§3.4): (packet id, reason code; 0 when left out)."""
+    if len(body) < 2:
+        raise MalformedPacketError("PUBACK too short")
+    return (body[0] << 8) | body[1], body[2] if len(body) > 2 else 0
 
 
 def decode_suback(body: bytes) -> tuple[int, list[int]]:
