@@ -19,13 +19,13 @@ from typing import Any
 import orjson
 import pytest
 
-from roadwatch.adapters.mqtt import MqttEndpoint, MqttPublisher
 from roadwatch.domain.detector import Detector
 from roadwatch.domain.messages import parse_message
 from roadwatch.domain.partition import Partitioning
 from roadwatch.runner.process import free_port
 from roadwatch.runner.stack import PythonService, service_probe
 from roadwatch.runner.templates import deploy_dir
+from roadwatch.services.gateway.intake import forget_sessions
 from roadwatch.services.replay import replay
 from roadwatch.services.zone_sync import read_zones_file
 from roadwatch.settings import Settings
@@ -51,21 +51,6 @@ class Instance:
     service: PythonService
 
 
-def forget_mqtt_session(settings: Settings, client_id: str) -> None:
-    """End a gateway's persistent session, so the broker keeps nothing for it."""
-    connection = MqttPublisher(
-        MqttEndpoint(
-            settings.mqtt_host,
-            settings.mqtt_port,
-            settings.mqtt_gateway_user,
-            settings.mqtt_gateway_password.get_secret_value(),
-            client_id=client_id,
-        )
-    )
-    connection.start()  # a clean start without expiry: the old session is discarded
-    connection.stop()
-
-
 @pytest.fixture(scope="module")
 def two_gateways(running_system: RunningSystem) -> Iterator[list[Instance]]:
     """Replace the single gateway with two instances; put it back afterwards."""
@@ -74,7 +59,7 @@ def two_gateways(running_system: RunningSystem) -> Iterator[list[Instance]]:
     put_zones_through_the_api(base)
     single.stop()
     # Otherwise the broker would queue this test's messages for the stopped gateway.
-    forget_mqtt_session(base, base.gateway_client_id)
+    forget_sessions(base)
     instances: list[Instance] = []
     try:
         for k in range(PARTITIONS):
@@ -98,7 +83,7 @@ def two_gateways(running_system: RunningSystem) -> Iterator[list[Instance]]:
         for instance in instances:
             instance.service.stop()
             # Offline members of a shared subscription would still get their share.
-            forget_mqtt_session(base, instance.settings.gateway_client_id)
+            forget_sessions(instance.settings)
         single.start()
 
 
@@ -155,7 +140,7 @@ def metrics(settings: Settings) -> dict[str, float]:
 def sent_per_type(samples: dict[str, float]) -> Counter[str]:
     counts: Counter[str] = Counter()
     for key, value in samples.items():
-        match = re.fullmatch(r'events_total\{type="(\w+)",status="\w+"\}', key)
+        match = re.fullmatch(r'events_total\{status="\w+",type="(\w+)"\}', key)
         if match:
             counts[match.group(1)] += int(value)
     return counts
@@ -187,7 +172,6 @@ def test_two_gateways_share_the_load_without_losing_or_doubling_an_event(
         assert a["messages_received_total"] - b["messages_received_total"] > 100, k
         assert a["partition_forwarded_total"] > b["partition_forwarded_total"], k
         assert a["partition_received_total"] > b["partition_received_total"], k
-        assert a["partition_unrouted_total"] == 0, k
         assert sum(sent[k].values()) > 0, f"instance {k} sent no event"
     # The accident near the border was seen by both; only its owner sent it.
     assert sum(a["partition_events_elsewhere_total"] for a in after) > sum(

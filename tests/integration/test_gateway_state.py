@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import paho.mqtt.client as paho
 import pymysql
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from roadwatch.adapters.mysql.zones import ZoneStore
 from roadwatch.domain.detector import Detector
@@ -33,6 +31,7 @@ from roadwatch.domain.messages import parse_message
 from roadwatch.domain.zones import Zone
 from roadwatch.runner.process import RunLayout, free_port, is_alive, read_pid
 from roadwatch.runner.stack import PythonService, service_probe
+from roadwatch.services.gateway.intake import forget_sessions
 from roadwatch.services.replay import ReplayStats, rebase_payload, replay
 from roadwatch.services.status import status_path
 
@@ -78,25 +77,6 @@ def square_zone(zone_id: str) -> Zone:
 def zones_unseeded(settings: Settings) -> bool:
     with ZoneStore.connect(settings) as store:
         return store.revision() == 0
-
-
-def end_gateway_session(settings: Settings) -> None:
-    """Discard the gateway's persistent MQTT session, so later tests find the broker as it was."""
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=settings.mqtt_gateway_client_id,
-        protocol=paho.MQTTv5,
-    )
-    client.username_pw_set(
-        settings.mqtt_gateway_user, settings.mqtt_gateway_password.get_secret_value()
-    )
-    client.connect(settings.mqtt_host, settings.mqtt_port, clean_start=True)
-    client.loop_start()
-    try:
-        wait_for("a clean MQTT session", client.is_connected, 10.0)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def metrics(settings: Settings) -> dict[str, float]:
@@ -165,7 +145,7 @@ def stack(
     finally:
         for service in reversed(services):
             service.stop()
-        end_gateway_session(settings)
+        forget_sessions(settings)
         if unseeded:
             reset_zones(settings)
         else:

@@ -17,12 +17,15 @@ from pathlib import Path
 import orjson
 import pytest
 
+from roadwatch.adapters.metrics import MetricsServer
 from roadwatch.adapters.state import StateStore
 from roadwatch.domain.events import Event, EventType
 from roadwatch.domain.geo import destination
 from roadwatch.domain.zones import Zone
 from roadwatch.runner.process import free_port
-from roadwatch.services.gateway import Gateway, MetricsServer
+from roadwatch.services.gateway import Gateway
+from roadwatch.services.gateway.metrics import GatewayMetrics
+from roadwatch.services.gateway.metrics import health as gateway_health
 from roadwatch.settings import Settings
 
 LAT, LON = 49.25, 4.03
@@ -118,7 +121,7 @@ async def run_gateway(
 ) -> Gateway:
     """Start a gateway on `run_dir`, feed it `messages`, then stop it cleanly or drop it."""
     store = StateStore(run_dir / "gateway")
-    gateway = Gateway(settings_for(run_dir), asyncio.get_running_loop(), store)
+    gateway = Gateway(settings_for(run_dir), store)
     gateway.recover()
     gateway.apply_zones([CENTRE])
     forwarder = asyncio.create_task(gateway.outbox.forward(xmpp))
@@ -219,11 +222,10 @@ def test_the_metrics_endpoint_shows_every_figure(
         xmpp = FakeXmpp()
         gateway = await run_gateway(tmp_path / "metrics", messages[:300], xmpp)
         port = free_port()
+        figures = GatewayMetrics()
+        figures.watch(gateway, None, lambda: {"xmpp_acked_total": 7, "xmpp_pending": 2})
         server = MetricsServer(
-            "127.0.0.1",
-            port,
-            lambda: gateway.metrics({"xmpp_acked_total": 7, "xmpp_pending": 2}),
-            lambda: gateway.health(True, True),
+            "127.0.0.1", port, figures.registry, lambda: gateway_health(gateway, True, True)
         )
         task = asyncio.create_task(server.run())
         await asyncio.sleep(0.1)
@@ -245,13 +247,19 @@ def test_the_metrics_endpoint_shows_every_figure(
         return metrics, health, missing
 
     metrics, health, missing = asyncio.run(scenario())
+    samples = {
+        name: float(value)
+        for name, value in (
+            line.rsplit(" ", 1) for line in metrics.splitlines() if not line.startswith("#")
+        )
+    }
     lines = set(metrics.splitlines())
-    assert "roadwatch_gateway_messages_received_total 300" in lines
-    assert 'roadwatch_gateway_messages_rejected_total{reason="not_json"} 0' in lines
-    assert 'roadwatch_gateway_events_total{type="zone_enter",status="instant"} 4' in lines
-    assert 'roadwatch_gateway_active_events{type="accident"} 1' in lines
-    assert 'roadwatch_gateway_zone_occupancy{zone="centre"} 4' in lines
-    assert "roadwatch_gateway_xmpp_acked_total 7" in lines
+    assert samples["roadwatch_gateway_messages_received_total"] == 300
+    assert samples['roadwatch_gateway_messages_rejected_total{reason="not_json"}'] == 0
+    assert samples['roadwatch_gateway_events_total{status="instant",type="zone_enter"}'] == 4
+    assert samples['roadwatch_gateway_active_events{type="accident"}'] == 1
+    assert samples['roadwatch_gateway_zone_occupancy{zone="centre"}'] == 4
+    assert samples["roadwatch_gateway_xmpp_acked_total"] == 7
     assert "# TYPE roadwatch_gateway_xmpp_acked_total counter" in lines
     assert "# TYPE roadwatch_gateway_xmpp_pending gauge" in lines
     assert any(line.startswith("roadwatch_gateway_journal_records_total ") for line in lines)

@@ -154,9 +154,8 @@ async def sent_by_instances(
 ) -> list[list[Event]]:
     """Run `partitions` gateways; a broker hands each message to one at random (shared
     subscription) and delivers what it passes on. Return what each would send."""
-    loop = asyncio.get_running_loop()
     zones = read_zones_file(deploy_dir() / "zones" / "reims.geojson")
-    gateways = [Gateway(gateway_settings(partitions, k), loop, None) for k in range(partitions)]
+    gateways = [Gateway(gateway_settings(partitions, k), None) for k in range(partitions)]
     for gateway in gateways:
         gateway.apply_zones(zones)
     pick = random.Random(seed)

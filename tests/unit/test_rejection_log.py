@@ -7,14 +7,14 @@ import logging
 import pytest
 
 from roadwatch.domain.messages import Rejected, RejectReason
-from roadwatch.services.gateway import RejectionLog
+from roadwatch.services.gateway.detection import RejectionLog
 
 
 def test_every_rejection_is_counted_but_logged_once_per_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     rejections = RejectionLog(interval_s=60)
-    with caplog.at_level(logging.WARNING, logger="roadwatch.services.gateway"):
+    with caplog.at_level(logging.WARNING, logger="roadwatch.services.gateway.detection"):
         for second in range(100):
             rejections.record(Rejected(RejectReason.NOT_JSON, "bad"), "vehicles/x/cam", second)
         rejections.record(Rejected(RejectReason.TOO_LARGE, "5000 bytes"), "vehicles/x/cam", 100)

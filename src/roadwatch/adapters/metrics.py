@@ -92,7 +92,11 @@ class MetricsServer:
             writer.close()
             return
         self.requests += 1
-        status, content_type, body = self.answer(head[:HTTP_MAX_REQUEST])
+        try:
+            status, content_type, body = self.answer(head[:HTTP_MAX_REQUEST])
+        except Exception:  # a failing probe must answer, and must not end the server
+            log.exception("metrics: answering %r failed", head[:80])
+            status, content_type, body = "500 Internal Server Error", "text/plain", b"error\n"
         writer.write(
             f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,8 @@ class EventSender:
         self._progress = asyncio.Event()
         # Set whenever the pump frees a slot of the queue (waited on by send()).
         self._room = asyncio.Event()
+        # Told the new total each time the server acknowledges an event (on the loop).
+        self.on_acked: Callable[[int], None] | None = None
         self._connection = Connection(
             # "gateway", or "gateway-N" for each instance sharing the load.
             jid=f"{settings.gateway_jid}/{settings.gateway_name}",
@@ -198,6 +201,8 @@ class EventSender:
         if self._unacked.pop(stanza["id"], None) is not None:
             self._stats.acked += 1
             self._progress.set()
+            if self.on_acked is not None:
+                self.on_acked(self._stats.acked)
 
     def _request_ack(self) -> None:
         """Ask the server to acknowledge what we sent (XEP-0198 <r/>)."""

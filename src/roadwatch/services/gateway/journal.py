@@ -1,0 +1,168 @@
+"""Journal stage: every accepted input is written before its events leave; snapshots cut it short.
+
+The on-disk format is adapters/state.py's. Policy here: CAMs are journaled in batches; a DENM,
+a zone change, and anything that produced an event are written at once, so an event never
+leaves (and a QoS 1 DENM is never acknowledged to the broker) before its inputs are in the
+journal. A snapshot, taken at a point of the event loop, switches the journal to a new
+segment; once written, the older segments are deleted.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from roadwatch.adapters.state import (
+    Journal,
+    JournalStats,
+    LoadedState,
+    StateError,
+    StateStore,
+    encode_message,
+    encode_zones,
+)
+from roadwatch.domain.events import Event
+from roadwatch.domain.messages import Cam, Denm
+from roadwatch.domain.zones import Zone
+
+log = logging.getLogger(__name__)
+
+# CAMs are written every this many, or within JOURNAL_FLUSH_S when the stream pauses.
+JOURNAL_BATCH = 256
+JOURNAL_FLUSH_S = 0.005
+
+
+@dataclass(slots=True)
+class SnapshotStats:
+    """Figures of the snapshots (they only grow, apart from the last_* values)."""
+
+    saved: int = 0
+    failures: int = 0
+    last_bytes: int = 0
+    last_duration_s: float = 0.0
+    # How long the last capture held the event loop.
+    last_capture_s: float = 0.0
+    last_saved_at: float | None = None
+    restored: bool = False
+    replayed_records: int = 0
+    replayed_events: int = 0
+    resent_events: int = 0
+
+
+@dataclass(slots=True)
+class Capture:
+    """A snapshot taken on the loop, to be written in a worker thread."""
+
+    detector: dict[str, Any]
+    outbox: list[Event]
+    segment: int
+
+
+class StateKeeper:
+    """The journal and the snapshots of one gateway (no store: nothing is kept)."""
+
+    def __init__(self, store: StateStore | None) -> None:
+        self.store = store
+        self.journal: Journal | None = None
+        self._journal_stats: JournalStats | None = None
+        self.stats = SnapshotStats()
+        # Serialises snapshot writes, which run in worker threads.
+        self._save_lock = threading.Lock()
+        self._saved_segment = -1
+        # Journal records and acknowledgements at the last capture: unchanged means nothing new.
+        self._at_last_capture: tuple[int, int | None] = (-1, None)
+
+    @property
+    def journal_stats(self) -> JournalStats | None:
+        """The journal's figures since it was opened (kept once it is closed)."""
+        return self._journal_stats
+
+    def load(self) -> LoadedState | None:
+        """Read the saved snapshot and journal (None without a store)."""
+        return None if self.store is None else self.store.load(time.time())
+
+    def open(self, next_segment: int) -> None:
+        if self.store is not None:
+            self.journal = self.store.open_journal(next_segment)
+            self._journal_stats = self.journal.stats
+
+    def record(self, message: Cam | Denm, urgent: bool) -> None:
+        """Journal an accepted message; `urgent` writes it (and what waits) at once."""
+        journal = self.journal
+        if journal is not None:
+            journal.append(encode_message(message))
+            if urgent or journal.pending >= JOURNAL_BATCH:
+                journal.flush()
+
+    def record_zones(self, zones: list[Zone]) -> None:
+        journal = self.journal
+        if journal is not None:
+            journal.append(encode_zones(zones))
+            journal.flush()
+
+    def flush(self) -> None:
+        """Write the batched records (called every few milliseconds)."""
+        journal = self.journal
+        if journal is not None and journal.pending:
+            journal.flush()
+
+    def capture(
+        self, detector_state: Any, outbox: list[Event], acked: int | None, force: bool
+    ) -> Capture | None:
+        """Snapshot the state now, switching the journal to a new segment.
+
+        `detector_state` is called only when something changed since the last capture (or
+        `force`); None is returned otherwise.
+        """
+        journal = self.journal
+        if journal is None:
+            return None
+        records = journal.stats.records + journal.pending
+        if not force and (records, acked) == self._at_last_capture:
+            return None
+        self._at_last_capture = (records, acked)
+        started = time.perf_counter()
+        # The copy allocates a lot at once: collections would multiply the time the loop is
+        # held, for garbage that cannot exist yet.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            segment = journal.rotate()
+            capture = Capture(detector_state(), outbox, segment)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        self.stats.last_capture_s = time.perf_counter() - started
+        return capture
+
+    def write(self, capture: Capture | None) -> None:
+        """Write a captured snapshot atomically, then drop the journal it makes useless."""
+        if capture is None or self.store is None:
+            return
+        with self._save_lock:
+            if capture.segment <= self._saved_segment:
+                return  # a newer snapshot is already on disk
+            started = time.perf_counter()
+            try:
+                size = self.store.save_snapshot(
+                    capture.detector, capture.outbox, capture.segment, time.time()
+                )
+            except StateError as exc:
+                self.stats.failures += 1
+                log.error("gateway state: %s (the journal is kept)", exc)
+                return
+            self._saved_segment = capture.segment
+            self.store.remove_segments_before(capture.segment)
+        self.stats.saved += 1
+        self.stats.last_bytes = size
+        self.stats.last_duration_s = time.perf_counter() - started
+        self.stats.last_saved_at = time.time()
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
