@@ -1,4 +1,8 @@
-"""Session fixtures that start each real server for the tests, through the native runner."""
+"""Session fixtures that start each real server for the tests, through the native runner.
+
+The servers run unsupervised here (`Server.start`), owned by the test session; the supervised
+run of `make up` is tested on its own private system (tests/integration/test_supervised_run.py).
+"""
 
 from __future__ import annotations
 

@@ -10,9 +10,10 @@ want_test=0
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
 
-# Servers of SPEC §1 and the tools the runner calls.
+# Servers of SPEC §1, supervisor (which runs them all under `make up`) and the tools the
+# runner calls.
 packages=(mosquitto mosquitto-clients prosody lua-dbi-mysql lua-unbound mariadb-server
-          mariadb-client apache2 python3-venv)
+          mariadb-client apache2 supervisor python3-venv)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 [ "$want_test" = 1 ] && packages+=(chromium)
 
@@ -36,6 +37,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [ "$own_policy" = 1 ] && rm -f "$policy"
+  # RoadWatch starts its own supervisord per run (its own config and socket under .run/); the
+  # package's system-wide one, installed here, is kept from starting at boot as well.
+  if printf '%s\n' "${missing[@]}" | grep -qx supervisor; then
+    if command -v systemctl >/dev/null 2>&1; then
+      systemctl disable supervisor >/dev/null 2>&1 || true
+    fi
+    update-rc.d supervisor disable >/dev/null 2>&1 || true
+  fi
 else
   say "Debian packages present"
 fi

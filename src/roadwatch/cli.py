@@ -164,6 +164,20 @@ def _cmd_stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_supervisorctl(args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    from roadwatch.runner.supervisor import SupervisorPaths  # noqa: PLC0415
+
+    config = SupervisorPaths(_settings(args).run_dir).config
+    if not config.exists():
+        log.error("no %s: start the system with `make up` first", config)
+        return 1
+    supervisorctl = shutil.which("supervisorctl") or "/usr/bin/supervisorctl"
+    os.execv(supervisorctl, [supervisorctl, "-c", str(config), *args.arguments])
+
+
 def _cmd_accounts(args: argparse.Namespace) -> int:
     from roadwatch.runner.mosquitto import Mosquitto  # noqa: PLC0415
     from roadwatch.runner.process import RunLayout  # noqa: PLC0415
@@ -287,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(handler=_cmd_stack)
         if name == "up":
             cmd.add_argument("--no-demo", action="store_true", help="do not start the simulator")
+    ctl = sub.add_parser(
+        "supervisorctl",
+        help="supervisorctl on the running system's supervisord (e.g. `restart gateway`)",
+    )
+    ctl.add_argument("arguments", nargs=argparse.REMAINDER, help="supervisorctl's own arguments")
+    ctl.set_defaults(handler=_cmd_supervisorctl)
 
     accounts = sub.add_parser("accounts", help="manage MQTT accounts")
     accounts_sub = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -300,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `roadwatch` command line."""
     args = build_parser().parse_args(argv)
-    quiet = args.handler in (_cmd_stack, _cmd_accounts)
+    quiet = args.handler in (_cmd_stack, _cmd_accounts, _cmd_supervisorctl)
     _configure_logging(args.log_level or ("WARNING" if quiet else "INFO"))
     try:
         code: int = args.handler(args)

@@ -7,17 +7,20 @@ import os
 import shutil
 import urllib.request
 
-from roadwatch.runner.process import (
-    run_checked,
-    start_process,
-    wait_until,
-)
+from pydantic import SecretStr
+
+from roadwatch.runner.process import Program, program_environment, run_checked
 from roadwatch.runner.server import Server
 from roadwatch.runner.templates import deploy_dir, repo_dir
+from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
 APACHE_USER = "www-data"
+# Apache proxies and serves files: it needs none of the system's secrets.
+_SECRET_SETTINGS = frozenset(
+    name for name, field in Settings.model_fields.items() if field.annotation is SecretStr
+)
 
 
 class Apache(Server):
@@ -36,9 +39,13 @@ class Apache(Server):
         return f"http://{host}:{self.settings.http_port}/"
 
     def environment(self) -> dict[str, str]:
+        """Return the variables httpd.conf reads: the settings but no secret, and its paths."""
         s = self.settings
-        env = dict(os.environ)
-        env.update(s.as_environment())
+        env = {
+            key: value
+            for key, value in s.as_environment().items()
+            if key.removeprefix("ROADWATCH_").lower() not in _SECRET_SETTINGS
+        }
         env.update(
             ROADWATCH_APACHE_DIR=str(self.folder),
             ROADWATCH_APACHE_USER=APACHE_USER
@@ -48,22 +55,29 @@ class Apache(Server):
             ROADWATCH_API_UPSTREAM=f"http://{s.api_host}:{s.api_port}",
             ROADWATCH_BOSH_UPSTREAM=f"http://{s.xmpp_host}:{s.bosh_port}",
         )
-        return env
+        return program_environment(self.layout.root, self.name, env)
 
     def argv(self, *extra: str) -> list[str]:
         apache2 = shutil.which("apache2") or "/usr/sbin/apache2"
         return [apache2, "-f", str(deploy_dir() / "apache" / "httpd.conf"), *extra]
 
-    def check_config(self) -> None:
+    def prepare(self) -> None:
         """Fail early, with Apache's own message, on a configuration error."""
         run_checked(self.argv("-t"), "apache2 -t", env=self.environment())
 
-    def start(self) -> None:
-        if self.healthy():
-            return
-        self.check_config()
-        start_process(self.layout, self.name, self.argv("-DFOREGROUND"), env=self.environment())
-        wait_until(self.healthy, "apache", 15, self.layout.logfile(self.name))
+    def program(self) -> Program:
+        return Program(
+            self.name,
+            tuple(self.argv("-DFOREGROUND")),
+            self.environment(),
+            self.folder,
+            # The workers of a parent killed with SIGKILL ignore SIGTERM and hold the port
+            # (docs/DESIGN.md "Native runner"): they get SIGKILL straight away.
+            leftover_grace_s=0.0,
+            ports=(self.settings.http_port,),
+        )
+
+    def after_start(self, started: bool) -> None:
         log.info("apache serving %s", self.url)
 
     def healthy(self) -> bool:

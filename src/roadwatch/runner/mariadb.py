@@ -19,11 +19,10 @@ import pymysql
 from roadwatch.adapters.mysql.connection import DbConnection, connect
 from roadwatch.adapters.mysql.migrate import apply_migrations
 from roadwatch.runner.process import (
+    Program,
     RunnerError,
+    program_environment,
     run_checked,
-    start_process,
-    stop_process,
-    wait_until,
 )
 from roadwatch.runner.server import Server
 from roadwatch.runner.templates import deploy_dir
@@ -48,6 +47,7 @@ class MariaDB(Server):
 
     name = "mariadb"
     data_folder = "mysql"
+    start_timeout_s = START_TIMEOUT_S
 
     @property
     def config_file(self) -> Path:
@@ -74,26 +74,34 @@ class MariaDB(Server):
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the server if needed, then provision databases, users and the schema."""
+    def prepare(self) -> None:
+        """Create the datadir and its system tables, once."""
         self.layout.ensure()
         self._prepare_datadir()
-        if not self.running():
-            start_process(self.layout, self.name, self._server_argv())
+
+    def program(self) -> Program:
+        return Program(
+            self.name,
+            tuple(self._server_argv()),
+            program_environment(self.layout.root, self.name),
+            self.folder,
+            stop_grace_s=STOP_GRACE_S,
+            # A mariadbd left over from a killed supervisord shuts down cleanly, if it can.
+            leftover_grace_s=STOP_GRACE_S,
+            ports=(self.settings.mysql_port,),
+        )
+
+    def after_start(self, started: bool) -> None:
+        """Provision databases, users and the schema (re-applied on every start)."""
+        if started:
             log.info(
-                "mariadb starting on %s:%d (socket %s)",
+                "mariadb started on %s:%d (socket %s)",
                 self.settings.mysql_host,
                 self.settings.mysql_port,
                 self.socket_path,
             )
-        self._wait_ready()
         self.provision()
         self.migrate()
-
-    def stop(self) -> None:
-        """Stop the server cleanly (TERM, then KILL after a grace period)."""
-        if stop_process(self.layout, self.name, grace_s=STOP_GRACE_S):
-            log.info("mariadb stopped")
 
     def healthy(self) -> bool:
         """Return True when the server process runs and answers as administrator."""
@@ -217,24 +225,6 @@ class MariaDB(Server):
             "--skip-name-resolve",
         ]
         run_checked(argv, "mariadb-install-db", cwd=str(home))
-
-    def _wait_ready(self) -> None:
-        logfile = self.layout.logfile(self.name)
-        died = False
-
-        def ready() -> bool:
-            nonlocal died
-            if not self.running():
-                died = True
-                return True
-            return self.healthy()
-
-        wait_until(ready, "mariadb", timeout_s=START_TIMEOUT_S, logfile=logfile)
-        if died:
-            tail = ""
-            if logfile.exists():
-                tail = "\n" + "\n".join(logfile.read_text(errors="replace").splitlines()[-20:])
-            raise RunnerError(f"mariadbd exited during start-up{tail}")
 
 
 def _admin_user() -> str:

@@ -10,12 +10,11 @@ import signal
 from pathlib import Path
 
 from roadwatch.runner.process import (
+    Program,
     RunnerError,
     port_open,
-    read_pid,
+    program_environment,
     run_checked,
-    start_process,
-    wait_until,
 )
 from roadwatch.runner.server import Server
 from roadwatch.runner.templates import deploy_dir, render_file
@@ -41,12 +40,14 @@ class Mosquitto(Server):
         env["ROADWATCH_MOSQUITTO_DIR"] = str(self.folder)
         return env
 
-    def prepare(self) -> Path:
+    @property
+    def config_file(self) -> Path:
+        return self.folder / "mosquitto.conf"
+
+    def prepare(self) -> None:
         """Render the config and ACL and make sure the service accounts exist."""
         env = self.environment()
-        conf = render_file(
-            deploy_dir() / "mosquitto" / "mosquitto.conf", self.folder / "mosquitto.conf", env
-        )
+        render_file(deploy_dir() / "mosquitto" / "mosquitto.conf", self.config_file, env)
         render_file(deploy_dir() / "mosquitto" / "acl", self.folder / "acl", env, mode=0o640)
         self.set_password(
             self.settings.mqtt_gateway_user, self.settings.mqtt_gateway_password.get_secret_value()
@@ -55,7 +56,6 @@ class Mosquitto(Server):
             self.settings.mqtt_fleet_user, self.settings.mqtt_fleet_password.get_secret_value()
         )
         self._give_to_broker()
-        return conf
 
     def set_password(self, user: str, password: str) -> None:
         """Create or update one account in the password file (hashed by mosquitto_passwd)."""
@@ -69,18 +69,25 @@ class Mosquitto(Server):
 
     def reload(self) -> None:
         """Make the running broker re-read its password file and ACL."""
-        pid = read_pid(self.layout.pidfile(self.name))
+        pid = self.pid()
         if pid is not None:
             os.kill(pid, signal.SIGHUP)
 
-    def start(self) -> None:
-        conf = self.prepare()
-        if self.healthy():
-            self.reload()
-            return
+    def program(self) -> Program:
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        start_process(self.layout, self.name, [mosquitto, "-c", str(conf)])
-        wait_until(self.healthy, "mosquitto", 15, self.layout.logfile(self.name))
+        return Program(
+            self.name,
+            (mosquitto, "-c", str(self.config_file)),
+            program_environment(self.layout.root, self.name),
+            self.folder,
+            ports=(self.settings.mqtt_port,),
+        )
+
+    def after_start(self, started: bool) -> None:
+        if not started:
+            # A broker that was already running learns the accounts prepare() has just written
+            # (never a just-started one: SIGHUP before its handler is set would end it).
+            self.reload()
         log.info("mosquitto listening on %s:%d", self.settings.mqtt_host, self.settings.mqtt_port)
 
     def healthy(self) -> bool:

@@ -10,12 +10,29 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from roadwatch.runner import procs
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
+# Process start times come in clock ticks from the boot time, which is rounded to the second.
+PID_CLOCK_SLACK_S = 2.0
+# What every program gets from the runner's own environment; everything else it is given.
+# PATH and HOME are not among them: `make up` from another shell (or through sudo) must not
+# count as a change of every program's environment, which restarts it.
+_INHERITED = (
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "ROADWATCH_REPO_DIR",
+    "ROADWATCH_DEPLOY_DIR",
+)
+STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Children started by this process, kept so that they are reaped (no zombies, no
 # "still running" warnings) when this process stops them; `make up` exits and leaves them.
@@ -57,13 +74,54 @@ class RunLayout:
             path.mkdir(parents=True, exist_ok=True)
 
 
+@dataclass(frozen=True)
+class Program:
+    """One long-lived process of a run, in the foreground, as supervisord or a test starts it."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: Path
+    # SIGTERM to SIGKILL, for supervisord's stopwaitsecs and the runner's own stop.
+    stop_grace_s: float = STOP_GRACE_S
+    # SIGTERM to SIGKILL for the leftovers of a previous run of the program (0: SIGKILL at once).
+    leftover_grace_s: float = 2.0
+    # Ports the program listens on: whoever else holds one is in its way.
+    ports: tuple[int, ...] = field(default=())
+
+
+def program_environment(root: Path, name: str, *extra: Mapping[str, str]) -> dict[str, str]:
+    """Return the environment of program NAME: a few inherited variables, `extra`, and its tag.
+
+    Nothing else of the runner's environment is passed on: each program is given the settings
+    it needs, so a secret exported in the caller's shell reaches no other program.
+    """
+    env = {key: value for key, value in os.environ.items() if key in _INHERITED}
+    env["PATH"] = STANDARD_PATH
+    env.setdefault("LANG", "C.UTF-8")
+    for more in extra:
+        env.update(more)
+    env[procs.MARKER] = procs.marker(root, name)
+    return env
+
+
 def read_pid(pidfile: Path) -> int | None:
-    """Return the pid in `pidfile` if that process is alive, else None."""
+    """Return the pid in `pidfile` if that process is alive, else None.
+
+    A process that started after the file was written is another one that got the same pid
+    (after a reboot, say), never the one recorded.
+    """
     try:
         pid = int(pidfile.read_text().strip())
+        written = pidfile.stat().st_mtime
     except (OSError, ValueError):
         return None
-    return pid if is_alive(pid) else None
+    if not is_alive(pid):
+        return None
+    started = procs.started_at(pid)
+    if started is not None and started > written + PID_CLOCK_SLACK_S:
+        return None
+    return pid
 
 
 def is_alive(pid: int) -> bool:
@@ -114,6 +172,11 @@ def start_process(
     layout.pidfile(name).write_text(f"{proc.pid}\n")
     log.debug("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
     return proc.pid
+
+
+def start_program(layout: RunLayout, program: Program) -> int:
+    """Start `program` unsupervised (see start_process); return its pid."""
+    return start_process(layout, program.name, program.argv, env=program.env, cwd=program.cwd)
 
 
 def stop_process(layout: RunLayout, name: str, grace_s: float = STOP_GRACE_S) -> bool:

@@ -9,12 +9,13 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from roadwatch.runner import procs
 from roadwatch.runner.process import (
+    STANDARD_PATH,
+    Program,
     RunnerError,
     port_open,
     run_checked,
-    start_process,
-    wait_until,
 )
 from roadwatch.runner.server import Server
 from roadwatch.runner.templates import deploy_dir
@@ -53,6 +54,7 @@ class Prosody(Server):
 
     name = "prosody"
     data_folder = "prosody"
+    start_timeout_s = START_TIMEOUT_S
 
     @property
     def config_file(self) -> Path:
@@ -67,25 +69,31 @@ class Prosody(Server):
         env["ROADWATCH_PROSODY_INTERFACE"] = os.environ.get(
             "ROADWATCH_PROSODY_INTERFACE", "127.0.0.1"
         )
-        env["PATH"] = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        env["PATH"] = STANDARD_PATH
         env["LANG"] = "C.UTF-8"
         env["HOME"] = str(self.folder)
         return env
 
-    def start(self) -> None:
-        """Start Prosody unless it runs already, then create or update the service accounts."""
+    def prepare(self) -> None:
+        """Give the data folder to the prosody user."""
         self._prepare_folder()
-        if not self.healthy():
-            prosody = shutil.which("prosody") or "/usr/bin/prosody"
-            argv = [prosody, "-F", "--config", str(self.config_file)]
-            start_process(
-                self.layout,
-                self.name,
-                self._as_prosody_user(argv),
-                env=self.environment(),
-                cwd=self.folder,
-            )
-            wait_until(self.healthy, "prosody", START_TIMEOUT_S, self.layout.logfile(self.name))
+
+    def program(self) -> Program:
+        prosody = shutil.which("prosody") or "/usr/bin/prosody"
+        # -F keeps Prosody in the foreground (prosodyctl would daemonize it).
+        argv = [prosody, "-F", "--config", str(self.config_file)]
+        env = self.environment()
+        env[procs.MARKER] = procs.marker(self.layout.root, self.name)
+        return Program(
+            self.name,
+            tuple(self._as_prosody_user(argv)),
+            env,
+            self.folder,
+            ports=(self.settings.xmpp_port, self.settings.bosh_port),
+        )
+
+    def after_start(self, started: bool) -> None:
+        """Create or update the service accounts."""
         self.ensure_accounts()
         log.info(
             "prosody serving %s on %s:%d (BOSH on port %d)",
