@@ -3,16 +3,18 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export ROADWATCH_DEMO ?= 1
 
-.PHONY: help up down status reset logs test test-unit test-integration test-e2e lint bench bootstrap \
+.PHONY: help up down status reset logs test test-unit test-integration test-e2e test-faults lint \
+	bench bootstrap \
 	compose-up compose-down compose-test compose-lint
 
 help:
 	@echo "make up       install what is missing, start everything, print the URL"
-	@echo "make down     stop everything make up started (data is kept)"
-	@echo "make status   show each part of the running system"
+	@echo "make down     stop every program and supervisord (data is kept)"
+	@echo "make status   each part: supervisor state, pid, restarts, health"
 	@echo "make logs     follow every log"
 	@echo "make reset    stop and delete all local state (.run/)"
 	@echo "make test     every test (unit, integration, end to end) on real servers"
+	@echo "make test-faults  every process killed, frozen or stopped under load; nothing lost"
 	@echo "make lint     ruff and mypy"
 	@echo "make bench    performance benchmarks"
 	@echo "make compose-up    the same system as containers (docker-compose), built and started"
@@ -50,6 +52,12 @@ test-integration:
 
 test-e2e:
 	@$(VENV)/pytest -q tests/e2e
+
+# The fault suite: a private system per fault (about 20 minutes); figures in test-artifacts/.
+test-faults:
+	@deploy/native/bootstrap.sh --test
+	@$(VENV)/pytest -q -o addopts="-ra --strict-markers" tests/faults; status=$$?; \
+		cat test-artifacts/faults.txt 2>/dev/null; exit $$status
 
 lint:
 	@$(VENV)/ruff check .

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     hazard_expiry_s: float = 1800.0
     # Detection state saved by the gateway (a snapshot at most this often, and at shutdown).
     state_snapshot_interval_s: float = 5.0
+    # Keep every journal segment (under archive/) instead of deleting those a snapshot holds:
+    # an audit trail of exactly what the detector was fed (the fault tests compare with it).
+    gateway_keep_journal: bool = False
     # Each Python service answers GET /health and GET /metrics on its own loopback port
     # (adapters/metrics.py); 0 serves none.
     gateway_metrics_port: int = 8001

@@ -9,6 +9,9 @@ Layout under `run_dir/gateway/`:
   changes (`z`). They are written with plain `os.write`: once written, the operating system
   keeps them across a kill of the process (no fsync; a machine crash may lose the last ones).
 
+- `archive/`: with `keep_journal` (the setting ROADWATCH_GATEWAY_KEEP_JOURNAL, for audits),
+  the segments a snapshot made useless are moved here instead of being deleted.
+
 A snapshot switches to a new segment at the very point it captures, so replaying the snapshot's
 segments after it rebuilds the state exactly. Unreadable files are logged and skipped, never
 fatal: a bad snapshot is ignored, a journal is read up to its first bad line.
@@ -33,6 +36,7 @@ from roadwatch.domain.zones import InvalidZone, Zone, zones_from_geojson, zones_
 log = logging.getLogger(__name__)
 
 SNAPSHOT_NAME = "state.json"
+ARCHIVE_NAME = "archive"
 SNAPSHOT_FORMAT = 1
 _SEGMENT = re.compile(r"journal-(\d{12})\.jsonl")
 _FILE_MODE = 0o600
@@ -240,9 +244,16 @@ class LoadedState:
 class StateStore:
     """Reads and writes the snapshot and the journal segments in one folder."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, keep_journal: bool = False) -> None:
         self.directory = directory
         self.snapshot_path = directory / SNAPSHOT_NAME
+        # Audits (the fault tests) keep every segment under archive/ instead of deleting it:
+        # together they are exactly what the detector was fed, in order.
+        self.keep_journal = keep_journal
+
+    @property
+    def archive(self) -> Path:
+        return self.directory / ARCHIVE_NAME
 
     def load(self, now_s: float | None = None) -> LoadedState:
         """Read the snapshot and the journal after it; log and skip whatever is unreadable."""
@@ -320,8 +331,13 @@ class StateStore:
         for old in self.segments():
             if old >= segment:
                 break
+            path = self.directory / segment_name(old)
             try:
-                (self.directory / segment_name(old)).unlink()
+                if self.keep_journal:
+                    self.archive.mkdir(exist_ok=True)
+                    path.replace(self.archive / path.name)
+                else:
+                    path.unlink()
             except OSError as exc:
                 log.warning("cannot delete journal segment %d: %s", old, exc)
 
