@@ -100,6 +100,12 @@ sql_manage_tables = true
 -- The service accounts gateway@ and collector@ (SPEC §5), created by the runner with prosodyctl.
 VirtualHost(domain)
 	authentication = "internal_hashed"
+	-- deploy/prosody/modules: a message whose archive write fails (MySQL down) is spooled on
+	-- local disk and archived once MySQL answers, instead of being bounced and lost; the
+	-- collector reads the figures (docs/DESIGN.md, "Collector: PubSub retries, archive
+	-- write failures, figures").
+	modules_enabled = { "archive_guard" }
+	archive_guard_readers = { "collector@" .. domain }
 
 -- Browsers log in anonymously over BOSH; nothing of theirs is worth keeping on disk.
 VirtualHost(anonymous_domain)

@@ -9,6 +9,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,13 @@ HANDLER_RETRY_BACKOFF = Backoff(initial_s=0.1, factor=2.0, maximum_s=10.0)
 REJECTION_LOG_INTERVAL_S = 60.0
 # How many event ids the publisher remembers to refuse publishing an older version over a newer.
 PUBLISHED_VERSIONS_KEPT = 50_000
+# deploy/prosody/modules/mod_archive_guard.lua answers this query with its figures.
+ARCHIVE_GUARD_NS = "urn:roadwatch:archive-guard:0"
+ARCHIVE_GUARD_TIMEOUT_S = 10.0
+
+# When the message carrying the event being handled reached the receiver (time.monotonic()):
+# set around each call of the handler, for latency figures.
+RECEIVED_AT: ContextVar[float] = ContextVar("roadwatch_xmpp_received_at")
 
 NODE_CONFIG_FORM = "http://jabber.org/protocol/pubsub#node_config"
 NODE_CONFIG: dict[str, str] = {
@@ -91,11 +99,49 @@ class ReceiverStats:
     reconnects: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ArchiveHealth:
+    """What Prosody's archive guard reports: failed archive writes and their spool."""
+
+    failures: int  # archive writes that failed since Prosody started
+    recovered: int  # spooled messages appended to the archive later
+    dropped: int  # failed writes the full spool could not keep
+    pending: int  # messages in the spool, waiting for the archive
+    seconds_since_failure: int | None  # None: no failure since Prosody started
+    error: str | None  # the storage's reason for the last failure
+
+
+def archive_health_from(query: ET.Element) -> ArchiveHealth:
+    """Read the guard's answer; raise ValueError when it is not one."""
+    figures = query.find(f"{{{ARCHIVE_GUARD_NS}}}archive")
+    if figures is None:
+        raise ValueError("no <archive/> in the archive guard's answer")
+
+    def count(name: str) -> int:
+        value = int(figures.get(name, ""))
+        if value < 0:
+            raise ValueError(f"negative {name}")
+        return value
+
+    age = figures.get("seconds-since-failure")
+    error = figures.findtext(f"{{{ARCHIVE_GUARD_NS}}}error")
+    return ArchiveHealth(
+        failures=count("failures"),
+        recovered=count("recovered"),
+        dropped=count("dropped"),
+        pending=count("pending"),
+        seconds_since_failure=None if age is None else max(0, int(age)),
+        error=error[:200] if error else None,
+    )
+
+
 @dataclass(slots=True)
 class _Inbound:
     message: ET.Element
     # Where the archive stands once this message is handled, if that is known for sure.
     position: str | None
+    # When it reached us (time.monotonic()), for the handler's latency figures.
+    received: float
 
 
 @dataclass(slots=True)
@@ -104,10 +150,13 @@ class _Slot:
     done: bool = False
 
 
-class _ThrottledLog:
+class ThrottledLog:
     """Log each kind of problem at most once per interval, saying how many were not logged."""
 
-    def __init__(self, interval_s: float = REJECTION_LOG_INTERVAL_S) -> None:
+    def __init__(
+        self, logger: logging.Logger = log, interval_s: float = REJECTION_LOG_INTERVAL_S
+    ) -> None:
+        self._log = logger
         self._interval_s = interval_s
         self._last: dict[str, float] = {}
         self._unlogged: Counter[str] = Counter()
@@ -121,7 +170,7 @@ class _ThrottledLog:
         self._last[kind] = now
         unlogged = self._unlogged.pop(kind, 0)
         suffix = f" ({unlogged} more since the last report)" if unlogged else ""
-        log.warning(text + suffix, *args)
+        self._log.warning(text + suffix, *args)
 
 
 # Contract with the caller (SPEC §5, §10): `on_event` returns once the event is stored. Up to
@@ -154,9 +203,10 @@ class EventReceiver:
         self._page_size = page_size
         self._own = settings.collector_jid
         self._gateway = settings.gateway_jid
+        self._domain = settings.xmpp_domain
         self._service = settings.pubsub_service
         self._stats = ReceiverStats()
-        self._rejections = _ThrottledLog()
+        self._rejections = ThrottledLog()
         self._inbox: asyncio.Queue[_Inbound] = asyncio.Queue(inbox_size)
         self._order: deque[_Slot] = deque()
         self._window = asyncio.Semaphore(max_in_flight)
@@ -195,6 +245,11 @@ class EventReceiver:
     @property
     def online(self) -> bool:
         return self._connection.online
+
+    @property
+    def sessions(self) -> int:
+        """Count the sessions opened so far (a new one after each reconnection)."""
+        return self._connection.sessions
 
     @property
     def position(self) -> str | None:
@@ -278,6 +333,28 @@ class EventReceiver:
         self._stats.published += 1
         return True
 
+    async def archive_health(self, timeout_s: float = ARCHIVE_GUARD_TIMEOUT_S) -> ArchiveHealth:
+        """Ask Prosody's archive guard for its figures (XmppUnavailable when offline)."""
+        client = self._connection.client
+        if client is None or not self._connection.online:
+            raise XmppUnavailable("no XMPP session to ask the archive guard")
+        iq: Any = client.make_iq_get(ito=self._domain)
+        iq.xml.append(ET.Element(f"{{{ARCHIVE_GUARD_NS}}}query"))
+        try:
+            result = await iq.send(timeout=timeout_s)
+        except IqError as exc:
+            condition = exc.iq["error"]["condition"]
+            raise ArchiveError(f"archive figures refused: {condition}", condition) from exc
+        except IqTimeout as exc:
+            raise ArchiveError("archive figures timed out", "timeout") from exc
+        query = result.xml.find(f"{{{ARCHIVE_GUARD_NS}}}query")
+        try:
+            if query is None:
+                raise ValueError("no <query/> in the answer")
+            return archive_health_from(query)
+        except ValueError as exc:
+            raise ArchiveError(f"bad archive figures: {exc}", "bad-request") from exc
+
     # -- session ----------------------------------------------------------------------------
 
     def _setup(self, client: ClientXMPP) -> None:
@@ -329,7 +406,9 @@ class EventReceiver:
                     # Leave room for live messages, or they would overflow during a long replay.
                     self._room.clear()
                     await self._room.wait()
-                await self._inbox.put(_Inbound(archived.message, archived.archive_id))
+                await self._inbox.put(
+                    _Inbound(archived.message, archived.archive_id, time.monotonic())
+                )
                 self._stats.from_archive += 1
                 replayed += 1
                 after = archived.archive_id
@@ -366,7 +445,7 @@ class EventReceiver:
             return  # archive results come through the query; the rest carries no event
         position = stanza_id(xml, self._own) if self._in_sync.is_set() else None
         try:
-            self._inbox.put_nowait(_Inbound(xml, position))
+            self._inbox.put_nowait(_Inbound(xml, position, time.monotonic()))
         except asyncio.QueueFull:
             self._stats.overflows += 1
             self._in_sync.clear()
@@ -400,7 +479,7 @@ class EventReceiver:
             return
         await self._window.acquire()
         assert self._tasks is not None
-        task = self._tasks.create_task(self._deliver(event, slot))
+        task = self._tasks.create_task(self._deliver(event, slot, item.received))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
@@ -422,7 +501,9 @@ class EventReceiver:
             self._rejections.warning("payload", "ignoring a bad event payload: %.200s", exc)
             return None
 
-    async def _deliver(self, event: Event, slot: _Slot) -> None:
+    async def _deliver(self, event: Event, slot: _Slot, received: float) -> None:
+        # This task's own context: the handler reads it, no other delivery sees it.
+        RECEIVED_AT.set(received)
         delays = iter(HANDLER_RETRY_BACKOFF.delays())
         try:
             while True:

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,12 +21,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from roadwatch import __version__
+from roadwatch.adapters.metrics import STAGE_BUCKETS
 from roadwatch.adapters.mysql.connection import ConnectionPool, StoreError, StoreUnavailable
 from roadwatch.adapters.mysql.store import BBox, EventStore, InvalidCursor
 from roadwatch.adapters.mysql.zones import ZoneExists, ZoneStore
@@ -618,10 +623,70 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     _install_error_handlers(app)
+    _install_metrics(app)
     _install_routes(app, settings)
     install_docs_routes(app, PREFIX, app.openapi_url or f"{PREFIX}/openapi.json")
     _install_openapi(app)
     return app
+
+
+# Prometheus figures at /metrics on the API's own port, outside PREFIX: Apache proxies only
+# /api/ (deploy/apache/httpd.conf), so they are never served to the outside world.
+METRICS_PATH = "/metrics"
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestMetrics:
+    """Count and time every request by method, route template and status (ASGI middleware)."""
+
+    def __init__(self, app: ASGIApp, requests: Counter, seconds: Histogram) -> None:
+        self.app = app
+        self.requests = requests
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless the application answers: an exception escaped
+
+        async def note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, note_status)
+        finally:
+            # The template, never the raw path: ids in paths would make endless label sets.
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in _KNOWN_METHODS else "other"
+            labels = (method, route, str(status))
+            self.requests.labels(*labels).inc()
+            self.seconds.labels(*labels).observe(time.perf_counter() - started)
+
+
+def _install_metrics(app: FastAPI) -> None:
+    # One registry per application, none global: tests run several in one process.
+    registry = CollectorRegistry(auto_describe=True)
+    labels = ("method", "route", "status")
+    requests = Counter(
+        "roadwatch_api_requests", "HTTP requests answered", labels, registry=registry
+    )
+    seconds = Histogram(
+        "roadwatch_api_request_seconds",
+        "time to answer an HTTP request",
+        labels,
+        registry=registry,
+        buckets=STAGE_BUCKETS,
+    )
+    app.add_middleware(RequestMetrics, requests=requests, seconds=seconds)
+
+    @app.get(METRICS_PATH, include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _install_openapi(app: FastAPI) -> None:
