@@ -28,6 +28,7 @@ from typing import IO, Any, Protocol
 import orjson
 
 from roadwatch.adapters.mqtt import BlockingPublisher, EventLoopThread, MqttEndpoint, MqttError
+from roadwatch.services.simulator_metrics import SimulatorMetrics
 from roadwatch.services.status import STATUS_INTERVAL_S, StatusFile
 from roadwatch.settings import Settings
 from roadwatch.simulation.cam import Publication
@@ -394,6 +395,19 @@ class VehicleSink:
         self.loop_thread.stop()
 
 
+def _connected(sink: Sink) -> bool:
+    """Tell whether every MQTT connection of `sink` is up (a dry run has none to lose)."""
+    if isinstance(sink, FleetSink):
+        return all(publisher.is_connected() for publisher in sink.publishers)
+    if isinstance(sink, VehicleSink):
+        return all(publisher.is_connected() for publisher in sink.publishers.values())
+    return True
+
+
+def _dropped(sink: Sink) -> int:
+    return sink.dropped if isinstance(sink, FleetSink) else 0
+
+
 class NullSink:
     """Publishes nothing: dry runs."""
 
@@ -430,9 +444,18 @@ class Summary:
 class Progress:
     """Reports progress: a live line on a terminal, log lines otherwise, and the status file."""
 
-    def __init__(self, summary: Summary, status: StatusFile | None, stream: IO[str] | None) -> None:
+    def __init__(
+        self,
+        summary: Summary,
+        status: StatusFile | None,
+        stream: IO[str] | None,
+        metrics: SimulatorMetrics | None = None,
+        dropped: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.summary = summary
         self.status = status
+        self.metrics = metrics
+        self._dropped = dropped
         self.live = stream if stream is not None and stream.isatty() else None
         self._last_at = time.monotonic()
         self._last_messages = 0
@@ -442,17 +465,18 @@ class Progress:
     def update(self, events: Mapping[str, int], force: bool = False) -> None:
         now = time.monotonic()
         every = LIVE_EVERY_S if self.live is not None else LOG_EVERY_S
-        if self.status is not None and (force or now - self._status_at >= STATUS_INTERVAL_S):
+        if force or now - self._status_at >= STATUS_INTERVAL_S:
             self._status_at = now
-            self.status.write(
-                "ready",
-                {
-                    "vehicles": self.summary.vehicles,
-                    "published": self.summary.messages,
-                    "msg_per_s": round(self.rate),
-                    **events,
-                },
-            )
+            figures = {
+                "vehicles": self.summary.vehicles,
+                "published": self.summary.messages,
+                "msg_per_s": round(self.rate),
+                "dropped": self._dropped(),
+            }
+            if self.status is not None:
+                self.status.write("ready", {**figures, **events})
+            if self.metrics is not None:
+                self.metrics.update(figures, events)
         if not force and now - self._last_at < every:
             return
         self.rate = (self.summary.messages - self._last_messages) / max(now - self._last_at, 1e-9)
@@ -604,6 +628,7 @@ def main(
         sink = fleet
 
     status = StatusFile(settings.run_dir, "simulator")
+    metrics = SimulatorMetrics.serve(settings.simulator_metrics_port, lambda: _connected(sink))
     log.info(
         "simulating %d vehicles, scenario %s (seed %d, speed-up %g, %s)",
         vehicles,
@@ -623,7 +648,7 @@ def main(
             stop=stop,
             record=out,
             prepare=prepare,
-            progress=lambda s: Progress(s, status, sys.stderr),
+            progress=lambda s: Progress(s, status, sys.stderr, metrics, lambda: _dropped(sink)),
         )
     except (MqttError, SimulatorError) as exc:
         log.error("%s", exc)

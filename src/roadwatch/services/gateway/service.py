@@ -104,7 +104,9 @@ class GatewayService:
                     else "",
                 )
                 while not stop.is_set():
-                    self.status.write("ready", self._status_figures())
+                    # `make status` shows a stalled DENM path as a failing gateway.
+                    state = "degraded" if self.intake.canary.stalled else "ready"
+                    self.status.write(state, self._status_figures())
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), STATUS_INTERVAL_S)
             finally:
