@@ -1,7 +1,8 @@
 """Run the benchmarks and print their figures: `python -m bench [NAME...]` (or `make bench`).
 
-Without a name every benchmark runs once (`latency` is part of `pipeline`);
-`python -m bench api` runs only the REST API one.
+Without a name every benchmark of DEFAULT runs once (`latency` is part of `pipeline`);
+`python -m bench api` runs only the REST API one. What each prints also goes to
+docs/PERFORMANCE.md (bench/record.py), with the date and the load average.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import api, detector, latency, pipeline, simulator
+from bench import api, detector, latency, mqtt_stacks, pipeline, pubsub, simulator
+from bench.record import run_and_record
 
 BENCHMARKS: dict[str, Callable[[], None]] = {
     "detector": detector.main,
@@ -17,9 +19,11 @@ BENCHMARKS: dict[str, Callable[[], None]] = {
     "pipeline": pipeline.main,
     "latency": latency.main,
     "api": api.main,
+    "mqtt": mqtt_stacks.main,
+    "pubsub": pubsub.main,
 }
 # What `make bench` runs: the pipeline benchmark measures the latency too.
-DEFAULT = ("detector", "simulator", "pipeline", "api")
+DEFAULT = ("detector", "simulator", "pipeline", "api", "mqtt")
 
 
 def main(argv: list[str]) -> int:
@@ -29,7 +33,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         for name in argv or DEFAULT:
-            BENCHMARKS[name]()
+            run_and_record(name, BENCHMARKS[name])
     except KeyboardInterrupt:
         print("interrupted; every server a benchmark started is stopped")
         return 130

@@ -43,10 +43,24 @@ export function addMessages(messages) {
   }
 }
 
+// Building an Intl formatter costs far more than using one (the live page formats hundreds of
+// times a second under heavy traffic): each is built once per language and options.
+const formatters = new Map();
+
+function formatter(Kind, options) {
+  const key = `${Kind.name}|${current}|${JSON.stringify(options ?? null)}`;
+  let made = formatters.get(key);
+  if (!made) {
+    made = new Kind(current, options);
+    formatters.set(key, made);
+  }
+  return made;
+}
+
 function choosePlural(message, params) {
   if (typeof message === "string") return message;
   const count = Number(params && params.count);
-  const category = new Intl.PluralRules(current).select(Number.isFinite(count) ? count : 0);
+  const category = formatter(Intl.PluralRules).select(Number.isFinite(count) ? count : 0);
   return message[category] ?? message.other ?? "";
 }
 
@@ -129,7 +143,7 @@ function validDate(iso) {
 export function formatDateTime(iso, options = { dateStyle: "medium", timeStyle: "medium" }) {
   const date = validDate(iso);
   if (!date) return iso ? String(iso) : "—";
-  return new Intl.DateTimeFormat(current, options).format(date);
+  return formatter(Intl.DateTimeFormat, options).format(date);
 }
 
 /** The time of day only, for feeds where the date is obvious. */
@@ -140,7 +154,7 @@ export function formatTime(iso) {
 /** A number in the current language (French: narrow no-break space for thousands, comma). */
 export function formatNumber(n, options) {
   if (typeof n !== "number" || Number.isNaN(n)) return "—";
-  return new Intl.NumberFormat(current, options).format(n);
+  return formatter(Intl.NumberFormat, options).format(n);
 }
 
 document.documentElement.lang = current;

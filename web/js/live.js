@@ -14,6 +14,7 @@ import {
   t,
 } from "./i18n.js";
 import { DEFAULT_CONFIG, LiveConnection } from "./live-connection.js";
+import { CrossingWindow, Pacer, RenderQueue, SlidingBudget } from "./live-queue.js";
 import { initShell } from "./shell.js";
 
 const MAX_ROWS = 200; // the feed shows the newest rows only, and keeps as many of each kind
@@ -26,7 +27,34 @@ const ACTIVE_EVENTS_LIMIT = 1000; // the REST API's own maximum page size
 const CLEARED_LINGER_MS = 20_000; // a cleared event fades on the map, then leaves it
 const ZONE_MARKER_MS = 60_000; // a zone crossing shows on the map this long
 const ZONE_COUNTER_WINDOW_MS = 3_600_000;
-const FLUSH_DELAY_MS = 30; // gathers a burst of events into one repaint
+// Events are drawn once per animation frame, for at most this long (and at least
+// MIN_PER_FRAME events): a flood of events never freezes the page; the rest waits a frame.
+const FRAME_BUDGET_MS = 8;
+const MIN_PER_FRAME = 20;
+// While more than CALM_CROSSINGS_PER_S zone crossings a second are drawn, they are drawn in
+// groups CROSSING_GROUP_MS apart: the feed then moves a few times a second, not at every frame
+// (nobody reads hundreds of rows a second, and each move costs a layout and a repaint).
+// Accidents, jams and hazards never wait.
+const CALM_CROSSINGS_PER_S = 20;
+const CROSSING_GROUP_MS = 250;
+// Zone crossings on the map at once, the newest: a marker for each one of a minute of heavy
+// traffic would be thousands. Beyond CROSSING_MARKERS_PER_S new ones a second, crossings show
+// in the feed only: markers replaced faster than that are only flicker.
+const MAX_ZONE_MARKERS = MAX_ROWS;
+const CROSSING_MARKERS_PER_S = 20;
+// Highlights of zone crossings (a new row's flash, a new marker's pulse) running at once, at
+// most: past that a flood keeps the whole feed and map repainting, and says nothing more.
+// Accidents, jams and hazards always get theirs. The durations are the stylesheet's.
+const MAX_CROSSING_HIGHLIGHTS = 12;
+const ROW_FLASH_MS = 2_000;
+const MARKER_PULSE_MS = 3_600;
+// Past this many events waiting (a hidden tab draws no frame), the crossings that would never
+// show are forgotten at once.
+const MAX_PENDING = 4 * MAX_ROWS;
+// Crossing ids remembered so that reading the node items again (a reconnection) counts none
+// twice; far more than a node keeps (deploy/prosody's pubsub_max_items).
+const CROSSING_IDS_KEPT = 20_000;
+const MAP_SWEEP_MS = 1000; // how often faded and expired markers are taken off the map
 const ANNOUNCE_MAX = 3;
 const MARKER_SIZE = 18;
 const MARKER_Z = { accident: 400, hazard: 300, traffic_jam: 200, zone_enter: 100, zone_exit: 100 };
@@ -153,11 +181,23 @@ addMessages({
 });
 
 const events = new Map(); // id -> the highest version seen
-const rows = new Map(); // id -> its <tr> in the feed
-const drawn = new Map(); // id -> {marker, extent, timer} on the map
-const dirty = new Set();
-const fresh = new Set();
-let flushTimer = null;
+// The feed's rows, newest first as in the DOM: {id, kind, time, row}; `time` is where the row
+// was placed (a row holding the focus is updated in place, not moved).
+const feed = [];
+const rows = new Map(); // id -> its entry of `feed`
+const rowsPerKind = new Map(); // kind -> rows in the feed
+const drawn = new Map(); // id -> {marker, extent, expires} on the map
+const zoneMarkers = new Set(); // ids of the crossings on the map, oldest first
+const queue = new RenderQueue();
+const crossings = new CrossingWindow(ZONE_COUNTER_WINDOW_MS, CROSSING_IDS_KEPT);
+const activeCounts = { accident: 0, traffic_jam: 0, hazard: 0 };
+let frameRequested = false;
+let frameTimer = null;
+let highlightNext = []; // rows whose highlight restarts at the next frame
+const crossingMarkers = new SlidingBudget(1_000, CROSSING_MARKERS_PER_S);
+const crossingFlashes = new SlidingBudget(ROW_FLASH_MS, MAX_CROSSING_HIGHLIGHTS);
+const crossingPulses = new SlidingBudget(MARKER_PULSE_MS, MAX_CROSSING_HIGHLIGHTS);
+const crossingPacer = new Pacer(CALM_CROSSINGS_PER_S, CROSSING_GROUP_MS);
 let base = null; // {map, ...} once the base map is ready
 let eventsLayer = null;
 let connectionState = { state: "connecting", info: {} };
@@ -302,65 +342,113 @@ function fillRow(row, event) {
   row.replaceChildren(timeCell, eventCell, statusCell);
 }
 
-function placeRow(body, row, event) {
-  // Newest first: before the first row that is older.
-  const time = timeOf(event);
-  for (const other of body.rows) {
-    if (other === row) continue;
-    const otherEvent = events.get(other.dataset.eventId);
-    if (otherEvent && timeOf(otherEvent) < time) {
-      body.insertBefore(row, other);
-      return;
-    }
+/** Where a row of `time` goes: before the first row not newer (the last to come goes on top). */
+function feedIndex(time) {
+  let lo = 0;
+  let hi = feed.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (feed[mid].time <= time) hi = mid;
+    else lo = mid + 1;
   }
-  body.appendChild(row);
+  return lo;
 }
 
-function renderRow(event, isFresh) {
-  const body = el("feed-rows");
-  let row = rows.get(event.id);
-  const focused = row && row.contains(document.activeElement);
-  if (!row) {
-    row = document.createElement("tr");
-    rows.set(event.id, row);
+function insertRow(entry) {
+  const index = feedIndex(entry.time);
+  const next = feed[index];
+  el("feed-rows").insertBefore(entry.row, next ? next.row : null);
+  feed.splice(index, 0, entry);
+  rowsPerKind.set(entry.kind, (rowsPerKind.get(entry.kind) || 0) + 1);
+}
+
+function detachRow(entry) {
+  // The first row not newer than the entry, then along the rows of the same time.
+  let lo = 0;
+  let hi = feed.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (feed[mid].time > entry.time) lo = mid + 1;
+    else hi = mid;
   }
-  fillRow(row, event);
-  if (!focused) placeRow(body, row, event); // moving a focused row would drop the focus
+  let index = lo;
+  while (index < feed.length && feed[index] !== entry && feed[index].time === entry.time) {
+    index += 1;
+  }
+  if (feed[index] !== entry) index = feed.indexOf(entry);
+  if (index >= 0) feed.splice(index, 1);
+  entry.row.remove();
+  rowsPerKind.set(entry.kind, (rowsPerKind.get(entry.kind) || 1) - 1);
+}
+
+function renderRow(event, live) {
+  const isFresh = live && (!isZoneEvent(event) || crossingFlashes.take(Date.now()));
+  let entry = rows.get(event.id);
+  if (!entry) {
+    const row = document.createElement("tr");
+    fillRow(row, event);
+    if (isFresh) row.classList.add("fresh"); // a new element: its highlight starts by itself
+    entry = { id: event.id, kind: kindOf(event), time: timeOf(event), row };
+    rows.set(event.id, entry);
+    insertRow(entry);
+    return;
+  }
+  const focused = entry.row.contains(document.activeElement);
+  fillRow(entry.row, event);
+  const time = timeOf(event);
+  if (!focused && time !== entry.time) {
+    // Moving a focused row would drop the focus: it stays where it is.
+    detachRow(entry);
+    entry.time = time;
+    insertRow(entry);
+  }
   if (isFresh) {
-    row.classList.remove("fresh");
-    void row.offsetWidth; // restart the highlight animation
-    row.classList.add("fresh");
+    // Off now, on again at the next frame: the highlight restarts without forcing a layout.
+    entry.row.classList.remove("fresh");
+    highlightNext.push(entry.row);
   }
 }
 
 function trimFeed() {
   // Up to MAX_ROWS of each kind: a stream of zone crossings never pushes an accident out of a
-  // feed that hides them.
-  const kept = new Map();
-  for (const row of [...el("feed-rows").rows]) {
-    const count = (kept.get(row.dataset.kind) || 0) + 1;
-    kept.set(row.dataset.kind, count);
-    if (count <= MAX_ROWS) continue;
-    rows.delete(row.dataset.eventId);
-    row.remove();
-    forgetIfIdle(row.dataset.eventId);
+  // feed that hides them. The oldest rows go.
+  let over = false;
+  for (const count of rowsPerKind.values()) over ||= count > MAX_ROWS;
+  if (!over) return false;
+  const removed = [];
+  let kept = 0;
+  for (let index = feed.length - 1; index >= 0; index -= 1) {
+    const entry = feed[index];
+    if ((rowsPerKind.get(entry.kind) || 0) > MAX_ROWS) {
+      rowsPerKind.set(entry.kind, rowsPerKind.get(entry.kind) - 1);
+      entry.row.remove();
+      rows.delete(entry.id);
+      removed.push(entry.id);
+      feed[index] = null;
+    } else {
+      kept += 1;
+    }
   }
-  applyFeedView();
+  let write = 0;
+  for (const entry of feed) if (entry) feed[write++] = entry;
+  feed.length = kept;
+  for (const id of removed) forgetIfIdle(id);
+  return true;
 }
 
 /** Show the newest rows of the kinds chosen: MAX_ROWS, or fewer on a phone until asked. */
 function applyFeedView() {
-  const body = el("feed-rows");
   const limit = narrowScreen.matches ? narrowRowsShown : MAX_ROWS;
   let matching = 0;
-  for (const row of body.rows) {
-    const wanted = !hiddenKinds.has(row.dataset.kind);
+  for (const { kind, row } of feed) {
+    const wanted = !hiddenKinds.has(kind);
     if (wanted) matching += 1;
     // A row holding the focus stays, or the keyboard user would be thrown back to the top.
-    row.hidden = !wanted || (matching > limit && !row.contains(document.activeElement));
+    const hidden = !wanted || (matching > limit && !row.contains(document.activeElement));
+    if (row.hidden !== hidden) row.hidden = hidden;
   }
   const shown = Math.min(matching, limit);
-  const none = body.rows.length === 0;
+  const none = feed.length === 0;
   el("feed").hidden = shown === 0;
   el("feed").parentElement.hidden = shown === 0;
   el("empty").hidden = !none;
@@ -387,7 +475,9 @@ function showMoreRows() {
 
 function forgetIfIdle(id) {
   const event = events.get(id);
-  if (event && event.status !== "active" && !rows.has(id) && !drawn.has(id)) events.delete(id);
+  if (event && event.status !== "active" && !rows.has(id) && !drawn.has(id) && !queue.has(id)) {
+    events.delete(id);
+  }
 }
 
 // ---- Map -------------------------------------------------------------------------------------
@@ -400,9 +490,10 @@ function markerLabel(event) {
   });
 }
 
-function markerIcon(event) {
+function markerIcon(event, pulse = true) {
   const dot = element("span", `event-marker type-${event.type}`);
   if (event.status === "cleared") dot.classList.add("cleared");
+  if (!pulse) dot.classList.add("calm");
   return L.divIcon({
     className: "event-icon",
     html: dot,
@@ -439,11 +530,26 @@ function shouldShow(event, isLive) {
 function removeFromMap(id) {
   const entry = drawn.get(id);
   if (!entry) return;
-  clearTimeout(entry.timer);
   eventsLayer.removeLayer(entry.marker);
   if (entry.extent) eventsLayer.removeLayer(entry.extent);
   drawn.delete(id);
+  zoneMarkers.delete(id);
   forgetIfIdle(id);
+}
+
+/** Take faded cleared events and old crossings off the map (one sweep, not a timer each). */
+function sweepMap() {
+  const now = Date.now();
+  for (const [id, entry] of drawn) {
+    if (entry.expires !== null && entry.expires <= now) removeFromMap(id);
+  }
+}
+
+function trimZoneMarkers() {
+  for (const id of zoneMarkers) {
+    if (zoneMarkers.size <= MAX_ZONE_MARKERS) break;
+    removeFromMap(id); // the oldest first: a Set iterates in insertion order
+  }
 }
 
 function drawExtent(entry, event) {
@@ -469,30 +575,32 @@ function drawOnMap(event, isLive) {
   if (!base) return;
   let entry = drawn.get(event.id);
   if (!entry && !shouldShow(event, isLive)) return;
+  const now = Date.now();
+  if (!entry && isZoneEvent(event) && !crossingMarkers.take(now)) return;
   if (!entry) {
     const marker = L.marker([event.lat, event.lon], {
-      icon: markerIcon(event),
+      icon: markerIcon(event, !isZoneEvent(event) || crossingPulses.take(now)),
       keyboard: true,
       riseOnHover: true,
       zIndexOffset: MARKER_Z[event.type] || 0,
     }).bindPopup(popupFor(event.id));
     marker.addTo(eventsLayer);
-    entry = { marker, extent: null, timer: null };
+    entry = { marker, extent: null, expires: null };
     drawn.set(event.id, entry);
+    if (isZoneEvent(event)) zoneMarkers.add(event.id);
   } else {
     entry.marker.setLatLng([event.lat, event.lon]);
-    entry.marker.setIcon(markerIcon(event));
+    entry.marker.setIcon(markerIcon(event, !isZoneEvent(event)));
     if (entry.marker.isPopupOpen()) entry.marker.setPopupContent(popupFor(event.id));
   }
   labelMarker(entry.marker, event);
   drawExtent(entry, event);
-  clearTimeout(entry.timer);
-  entry.timer = null;
+  entry.expires = null;
   if (event.status === "cleared") {
-    entry.timer = setTimeout(() => removeFromMap(event.id), CLEARED_LINGER_MS);
+    entry.expires = Date.now() + CLEARED_LINGER_MS;
   } else if (isZoneEvent(event)) {
     const left = Math.max(ZONE_MARKER_MS - Math.max(Date.now() - timeOf(event), 0), 5_000);
-    entry.timer = setTimeout(() => removeFromMap(event.id), isLive ? ZONE_MARKER_MS : left);
+    entry.expires = Date.now() + (isLive ? ZONE_MARKER_MS : left);
   }
 }
 
@@ -514,19 +622,16 @@ function showOnMap(id) {
 
 // ---- Counters, status, announcements ------------------------------------------------------------
 
+function countActive(event, delta) {
+  if (event.status === "active" && event.type in activeCounts) activeCounts[event.type] += delta;
+}
+
 function updateCounters() {
-  const counts = { accident: 0, traffic_jam: 0, hazard: 0, zone: 0 };
-  const since = Date.now() - ZONE_COUNTER_WINDOW_MS;
-  for (const event of events.values()) {
-    if (isZoneEvent(event)) {
-      if (timeOf(event) >= since) counts.zone += 1;
-    } else if (event.status === "active" && event.type in counts) {
-      counts[event.type] += 1;
-    }
-  }
+  const counts = { ...activeCounts, zone: crossings.count(Date.now()) };
   for (const [key, value] of Object.entries(counts)) {
     const node = document.querySelector(`[data-counter="${key}"]`);
-    if (node) node.textContent = formatNumber(value);
+    const text = formatNumber(value);
+    if (node && node.textContent !== text) node.textContent = text;
   }
 }
 
@@ -599,37 +704,80 @@ function accept(incoming, isLive) {
     const known = events.get(event.id);
     if (known && known.version >= event.version) continue; // the highest version wins (SPEC §4)
     trackOccupancy(event, known);
+    if (known) countActive(known, -1);
+    countActive(event, 1);
+    if (isZoneEvent(event)) crossings.add(event.id, timeOf(event));
     events.set(event.id, event);
-    dirty.add(event.id);
-    if (isLive) fresh.add(event.id);
+    queue.put(event, isLive);
     changed = true;
   }
-  if (changed && !flushTimer) flushTimer = setTimeout(flush, FLUSH_DELAY_MS);
+  if (!changed) return;
+  if (queue.size > MAX_PENDING) dropHiddenCrossings();
+  requestFrame();
 }
 
-function flush() {
-  flushTimer = null;
-  const batch = [...dirty].map((id) => events.get(id)).filter(Boolean);
-  dirty.clear();
-  // Oldest first, so each row lands on top of the ones before it.
-  batch.sort((a, b) => timeOf(a) - timeOf(b));
+function requestFrame() {
+  if (frameRequested) return;
+  frameRequested = true;
+  requestAnimationFrame(drawFrame);
+}
+
+function requestFrameIn(delayMs) {
+  if (frameTimer) return;
+  frameTimer = setTimeout(() => {
+    frameTimer = null;
+    requestFrame();
+  }, delayMs);
+}
+
+const isShown = (id) => rows.has(id) || drawn.has(id);
+
+function dropHiddenCrossings() {
+  for (const id of queue.dropHidden(isShown, MAX_ROWS)) forgetIfIdle(id);
+}
+
+/** Draw what arrived since the last frame, within the frame's budget; the rest waits. */
+function drawFrame() {
+  frameRequested = false;
+  const started = performance.now();
+  for (const row of highlightNext) row.classList.add("fresh");
+  highlightNext = [];
+  dropHiddenCrossings();
+  const crossingWait = crossingPacer.wait(started);
   const newlyLive = [];
-  for (const event of batch) {
-    const isLive = fresh.has(event.id);
-    if (isLive && event.version === 1 && event.status !== "cleared") newlyLive.push(event);
-    renderRow(event, isLive);
-    drawOnMap(event, isLive);
+  let done = 0;
+  let crossingsDone = 0;
+  let crossingsHeld = false;
+  for (const { event, live } of queue.ordered()) {
+    if (done >= MIN_PER_FRAME && performance.now() - started > FRAME_BUDGET_MS) break;
+    if (isZoneEvent(event)) {
+      // Crossings come after everything else in this order: the rest of the queue waits.
+      crossingsHeld = crossingWait > 0;
+      if (crossingsHeld) break;
+      crossingsDone += 1;
+    }
+    queue.delete(event.id);
+    if (live && event.version === 1 && event.status !== "cleared") newlyLive.push(event);
+    renderRow(event, live);
+    drawOnMap(event, live);
+    done += 1;
   }
-  fresh.clear();
-  trimFeed();
+  if (done) {
+    trimFeed();
+    trimZoneMarkers();
+    applyFeedView();
+    announce(newlyLive);
+  }
+  crossingPacer.drew(started, crossingsDone);
   updateCounters();
-  announce(newlyLive);
+  if (highlightNext.length || (queue.size && !crossingsHeld)) requestFrame();
+  else if (crossingsHeld) requestFrameIn(crossingWait);
 }
 
 function rerenderAll() {
-  for (const [id, row] of rows) {
+  for (const [id, entry] of rows) {
     const event = events.get(id);
-    if (event) fillRow(row, event);
+    if (event) fillRow(entry.row, event);
   }
   for (const [id, entry] of drawn) {
     const event = events.get(id);
@@ -746,6 +894,7 @@ async function main() {
   wireFeed();
   onLanguageChange(rerenderAll);
   setInterval(updateCounters, 60_000); // zone crossings age out of the last hour
+  setInterval(sweepMap, MAP_SWEEP_MS);
   const mapReady = startMap();
   const config = await loadConfig();
   const live = new LiveConnection(config, { onEvents: accept, onState: showState });
