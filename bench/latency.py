@@ -134,12 +134,7 @@ def measure(system: PrivateSystem, rounds: int, page: Page | None) -> Samples:
     """Publish `rounds` accident pairs one after the other and time each one's way."""
     settings = system.settings
     fleet = BlockingPublisher(
-        MqttEndpoint(
-            settings.mqtt_host,
-            settings.mqtt_port,
-            settings.mqtt_fleet_user,
-            settings.mqtt_fleet_password.get_secret_value(),
-        ),
+        MqttEndpoint.fleet(settings),
         name="bench-latency",
     )
     fleet.start()

@@ -109,12 +109,7 @@ def main() -> None:
 def _facade(settings: Settings) -> None:
     """One BlockingPublisher alone, QoS 0 flat out: its rate and CPU (both threads) per message."""
     publisher = BlockingPublisher(
-        MqttEndpoint(
-            settings.mqtt_host,
-            settings.mqtt_port,
-            settings.mqtt_fleet_user,
-            settings.mqtt_fleet_password.get_secret_value(),
-        ),
+        MqttEndpoint.fleet(settings),
         name="bench-facade",
     )
     publisher.start()

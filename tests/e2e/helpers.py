@@ -112,12 +112,7 @@ def square_zone(
 
 def fleet_endpoint(settings: Settings) -> MqttEndpoint:
     """The simulator's fleet account, allowed to publish for any vehicle."""
-    return MqttEndpoint(
-        settings.mqtt_host,
-        settings.mqtt_port,
-        settings.mqtt_fleet_user,
-        settings.mqtt_fleet_password.get_secret_value(),
-    )
+    return MqttEndpoint.fleet(settings)
 
 
 @contextlib.contextmanager

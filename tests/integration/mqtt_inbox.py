@@ -14,23 +14,12 @@ VEHICLE_TOPICS = (("vehicles/+/cam", 0), ("vehicles/+/denm", 1))
 
 def gateway_endpoint(settings: Settings, client_id: str = "") -> MqttEndpoint:
     """The gateway's account, which may read every vehicle topic."""
-    return MqttEndpoint(
-        settings.mqtt_host,
-        settings.mqtt_port,
-        settings.mqtt_gateway_user,
-        settings.mqtt_gateway_password.get_secret_value(),
-        client_id,
-    )
+    return MqttEndpoint.gateway(settings, client_id)
 
 
 def fleet_endpoint(settings: Settings) -> MqttEndpoint:
     """The simulator's fleet account, which may publish for any vehicle."""
-    return MqttEndpoint(
-        settings.mqtt_host,
-        settings.mqtt_port,
-        settings.mqtt_fleet_user,
-        settings.mqtt_fleet_password.get_secret_value(),
-    )
+    return MqttEndpoint.fleet(settings)
 
 
 class Inbox:

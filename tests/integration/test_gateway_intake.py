@@ -31,15 +31,7 @@ DENMS = 5
 
 
 def fleet(settings: Settings) -> MqttClient:
-    return MqttClient(
-        MqttEndpoint(
-            settings.mqtt_host,
-            settings.mqtt_port,
-            settings.mqtt_fleet_user,
-            settings.mqtt_fleet_password.get_secret_value(),
-        ),
-        name="fleet",
-    )
+    return MqttClient(MqttEndpoint.fleet(settings), name="fleet")
 
 
 def gateway_settings(settings: Settings) -> Settings:
@@ -148,15 +140,7 @@ def test_the_canary_reports_a_stalled_denm_session(
         running.cancel()
         # Strand the DENM session the way mixed traffic did: QoS 0 messages queued for it
         # beyond its receive window (the gateway account may write its canary topic).
-        stranding = MqttClient(
-            MqttEndpoint(
-                settings.mqtt_host,
-                settings.mqtt_port,
-                settings.mqtt_gateway_user,
-                settings.mqtt_gateway_password.get_secret_value(),
-            ),
-            name="stranding",
-        )
+        stranding = MqttClient(MqttEndpoint.gateway(settings), name="stranding")
         task = asyncio.ensure_future(stranding.run())
         await stranding.wait_connected(10)
         for n in range(QUEUED_CAMS):
@@ -190,13 +174,7 @@ def test_one_session_for_cams_and_denms_would_strand_the_denms(
 
     def mixed() -> MqttClient:
         return MqttClient(
-            MqttEndpoint(
-                settings.mqtt_host,
-                settings.mqtt_port,
-                settings.mqtt_gateway_user,
-                settings.mqtt_gateway_password.get_secret_value(),
-                f"{settings.mqtt_gateway_client_id}-mixed",
-            ),
+            MqttEndpoint.gateway(settings, f"{settings.mqtt_gateway_client_id}-mixed"),
             name="mixed",
             subscriptions=[("vehicles/+/cam", 0), ("vehicles/+/denm", 1)],
             on_message=lambda topic, payload, qos: received.append(topic),

@@ -65,12 +65,7 @@ def gateway_endpoint(settings: Settings, client_id: str = "", password: str = ""
 
 
 def fleet_endpoint(settings: Settings) -> MqttEndpoint:
-    return MqttEndpoint(
-        settings.mqtt_host,
-        settings.mqtt_port,
-        settings.mqtt_fleet_user,
-        settings.mqtt_fleet_password.get_secret_value(),
-    )
+    return MqttEndpoint.fleet(settings)
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:

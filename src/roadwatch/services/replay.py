@@ -255,12 +255,7 @@ def replay(
     own: BlockingPublisher | None = None
     if publisher is None:
         own = BlockingPublisher(
-            MqttEndpoint(
-                settings.mqtt_host,
-                settings.mqtt_port,
-                settings.mqtt_fleet_user,
-                settings.mqtt_fleet_password.get_secret_value(),
-            ),
+            MqttEndpoint.fleet(settings),
             name="replay",
             offline_limit=offline_limit,
             max_unacknowledged=MAX_UNACKNOWLEDGED,

@@ -266,13 +266,7 @@ class FleetSink:
         self.loop_thread = EventLoopThread("simulator-mqtt")
         self.publishers = [
             BlockingPublisher(
-                MqttEndpoint(
-                    host=settings.mqtt_host,
-                    port=settings.mqtt_port,
-                    username=settings.mqtt_fleet_user,
-                    password=settings.mqtt_fleet_password.get_secret_value(),
-                    client_id=f"roadwatch-sim-{run_tag}-{n}",
-                ),
+                MqttEndpoint.fleet(settings, f"roadwatch-sim-{run_tag}-{n}"),
                 name=f"simulator-{n}",
                 offline_limit=offline_limit,
                 loop_thread=self.loop_thread,

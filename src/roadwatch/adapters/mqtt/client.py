@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from roadwatch.adapters.mqtt.codec import (
     CONNACK,
@@ -56,6 +57,9 @@ from roadwatch.adapters.mqtt.codec import (
     encode_subscribe,
     mark_duplicate,
 )
+
+if TYPE_CHECKING:
+    from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +113,28 @@ class MqttEndpoint:
     username: str
     password: str
     client_id: str = ""
+
+    @classmethod
+    def fleet(cls, settings: Settings, client_id: str = "") -> MqttEndpoint:
+        """The fleet account of `settings` (the simulator's, replay's and benchmarks')."""
+        return cls(
+            settings.mqtt_host,
+            settings.mqtt_port,
+            settings.mqtt_fleet_user,
+            settings.mqtt_fleet_password.get_secret_value(),
+            client_id,
+        )
+
+    @classmethod
+    def gateway(cls, settings: Settings, client_id: str = "") -> MqttEndpoint:
+        """The gateway account of `settings`."""
+        return cls(
+            settings.mqtt_host,
+            settings.mqtt_port,
+            settings.mqtt_gateway_user,
+            settings.mqtt_gateway_password.get_secret_value(),
+            client_id,
+        )
 
 
 @dataclass(slots=True)

@@ -61,14 +61,7 @@ def forget_sessions(settings: Settings) -> None:
         if not client_id:
             continue
         connection = BlockingPublisher(
-            MqttEndpoint(
-                settings.mqtt_host,
-                settings.mqtt_port,
-                settings.mqtt_gateway_user,
-                settings.mqtt_gateway_password.get_secret_value(),
-                client_id=client_id,
-            ),
-            name="session-end",
+            MqttEndpoint.gateway(settings, client_id), name="session-end"
         )
         connection.start()  # a clean start without expiry: the old session is discarded
         connection.stop()
@@ -144,15 +137,6 @@ class Intake:
         base_id = settings.gateway_client_id
         bulk_id, reliable_id = session_client_ids(settings)
 
-        def endpoint(client_id: str) -> MqttEndpoint:
-            return MqttEndpoint(
-                host=settings.mqtt_host,
-                port=settings.mqtt_port,
-                username=settings.mqtt_gateway_user,
-                password=settings.mqtt_gateway_password.get_secret_value(),
-                client_id=client_id,
-            )
-
         canary_topic = f"{CANARY_PREFIX}{base_id or settings.gateway_name}"
         self._canary_topic = canary_topic
         bulk_topics: list[tuple[str, int]] = [(CAM_TOPIC, 0), (OWNTRACKS_TOPIC, 0)]
@@ -173,14 +157,14 @@ class Intake:
             self._own_prefix = partition_topic(instance, "")
         persistent = bool(base_id)
         self.bulk = MqttClient(
-            endpoint(bulk_id),
+            MqttEndpoint.gateway(settings, bulk_id),
             name="intake-bulk",
             subscriptions=bulk_topics,
             on_message=self._on_message,
             persistent=persistent,
         )
         self.reliable = MqttClient(
-            endpoint(reliable_id),
+            MqttEndpoint.gateway(settings, reliable_id),
             name="intake-denm",
             subscriptions=[*reliable_topics, (canary_topic, 1)],
             on_message=self._on_reliable,
