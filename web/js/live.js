@@ -576,7 +576,9 @@ function drawOnMap(event, isLive) {
   let entry = drawn.get(event.id);
   if (!entry && !shouldShow(event, isLive)) return;
   const now = Date.now();
-  if (!entry && isZoneEvent(event) && !crossingMarkers.take(now)) return;
+  // The budget is for live crossings: those read at load are few (the last minute's, at most
+  // MAX_ZONE_MARKERS) and must not leave the next live crossing without its marker.
+  if (!entry && isZoneEvent(event) && isLive && !crossingMarkers.take(now)) return;
   if (!entry) {
     const marker = L.marker([event.lat, event.lon], {
       icon: markerIcon(event, !isZoneEvent(event) || crossingPulses.take(now)),
