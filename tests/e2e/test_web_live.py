@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import h3
 import pytest
 
 from roadwatch.adapters.mqtt import BlockingPublisher
@@ -167,6 +168,9 @@ def test_a_traffic_jam_shows_its_extent_on_the_map(
     live = open_live(context, system)
     # Scenarios replayed earlier leave jams of their own (updated at most every 30 s).
     lat, lon = place_clear_of_jams(site_url(system))
+    # At the centre of the jam cell holding that spot: 11 m apart, cars at a cell's edge would
+    # sometimes fall in two cells and never make a jam.
+    lat, lon = h3.cell_to_latlng(h3.latlng_to_cell(lat, lon, system.jam_cell_resolution))
     cars = [unique(f"web-jam{n}") for n in range(3)]
 
     # Three slow cars in one cell and direction: a jam (SPEC §3).
@@ -176,7 +180,7 @@ def test_a_traffic_jam_shows_its_extent_on_the_map(
         if time.monotonic() > deadline:
             pytest.fail(f"no jam detected within {JAM_DEADLINE_S} s")
         for n, car in enumerate(cars):
-            publish_cam(fleet, car, lat + n * 0.0001, lon, speed=8.0, heading=90.0)
+            publish_cam(fleet, car, lat + (n - 1) * 0.00005, lon, speed=8.0, heading=90.0)
         time.sleep(0.5)
         jam_ids = [
             event["id"]
