@@ -77,16 +77,40 @@ async def eventually(condition: Callable[[], bool], timeout_s: float) -> bool:
     return condition()
 
 
+async def queue_qos0(
+    client: MqttClient, topics: Callable[[int], str], payloads: Callable[[int], bytes]
+) -> None:
+    """Publish QUEUED_CAMS QoS 0 messages, letting the socket drain now and then."""
+    for n in range(QUEUED_CAMS):
+        client.publish(topics(n), payloads(n))
+        if n % 1000 == 0:
+            await client.drain()
+
+
+async def leave_sessions(settings: Settings) -> str:
+    """Open the gateway's two sessions once and leave: the broker now queues for them.
+
+    Returns the canary topic of that gateway.
+    """
+    intake = Intake(settings, Gateway(settings, None))
+    running = asyncio.ensure_future(intake.run())
+    await intake.wait_connected(10)
+    await intake.close()
+    running.cancel()
+    return intake.canary.topic
+
+
 async def publish_backlog(settings: Settings) -> None:
     """Queue CAMs, then DENMs, for a gateway that is away."""
     client = fleet(settings)
     task = asyncio.ensure_future(client.run())
     await client.wait_connected(10)
     now = round(time.time() * 1000)
-    for n in range(QUEUED_CAMS):
-        client.publish(f"vehicles/car-{n % 500}/cam", cam(f"car-{n % 500}", now - 60_000 + n))
-        if n % 1000 == 0:
-            await client.drain()
+    await queue_qos0(
+        client,
+        lambda n: f"vehicles/car-{n % 500}/cam",
+        lambda n: cam(f"car-{n % 500}", now - 60_000 + n),
+    )
     acks = [
         client.publish(f"vehicles/rsu-{n}/denm", denm(f"rsu-{n}", now + n), qos=1)
         for n in range(DENMS)
@@ -103,11 +127,7 @@ def test_denms_queued_behind_thousands_of_cams_arrive_after_a_restart(
     settings = gateway_settings(test_settings)
 
     async def scenario() -> None:
-        first = Intake(settings, Gateway(settings, None))
-        running = asyncio.ensure_future(first.run())
-        await first.wait_connected(10)
-        await first.close()
-        running.cancel()
+        await leave_sessions(settings)
         await publish_backlog(settings)
         gateway = Gateway(settings, None)
         second = Intake(settings, gateway)
@@ -132,21 +152,13 @@ def test_the_canary_reports_a_stalled_denm_session(
     settings = gateway_settings(test_settings)
 
     async def scenario() -> None:
-        first = Intake(settings, Gateway(settings, None))
-        running = asyncio.ensure_future(first.run())
-        await first.wait_connected(10)
-        canary_topic = first.canary.topic
-        await first.close()
-        running.cancel()
+        canary_topic = await leave_sessions(settings)
         # Strand the DENM session the way mixed traffic did: QoS 0 messages queued for it
         # beyond its receive window (the gateway account may write its canary topic).
         stranding = MqttClient(MqttEndpoint.gateway(settings), name="stranding")
         task = asyncio.ensure_future(stranding.run())
         await stranding.wait_connected(10)
-        for n in range(QUEUED_CAMS):
-            stranding.publish(canary_topic, b"qos0 filler")
-            if n % 1000 == 0:
-                await stranding.drain()
+        await queue_qos0(stranding, lambda n: canary_topic, lambda n: b"qos0 filler")
         await asyncio.sleep(0.3)
         await stranding.close()
         await task
