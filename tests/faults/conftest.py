@@ -109,14 +109,6 @@ def offset_ms() -> int:
 
 
 @pytest.fixture(scope="session")
-def fault_settings_template() -> Iterator[FaultRun]:
-    """Settings as every run has them (its detection rules), without starting anything."""
-    run = FaultRun("template")
-    yield run
-    shutil.rmtree(run.root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
 def reference(trace: Path, offset_ms: int) -> Outcome:
     """The trace replayed into a system that suffers nothing."""
     run = FaultRun("fault-free")

@@ -54,6 +54,7 @@ class Outcome:
     """What one run left behind."""
 
     name: str
+    settings: Settings
     stored: dict[str, Event]
     journaled: list[Record]
     replay: ReplayStats
@@ -166,6 +167,7 @@ class FaultRun:
         self.wait_settled()
         return Outcome(
             self.name,
+            self.settings,
             self.stored_events(),
             self.journaled(),
             stats,

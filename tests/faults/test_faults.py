@@ -120,13 +120,12 @@ def test_the_fault_free_run_stores_what_the_detection_core_makes_of_the_trace(
     reference: Outcome,
     trace: Path,
     offset_ms: int,
-    fault_settings_template: FaultRun,
     report: Report,
 ) -> None:
     journaled = messages_of(reference.journaled)
     published = trace_messages(trace, offset_ms)
     assert sorted(map(message_key, journaled)) == sorted(published)
-    expected = detect(reference.journaled, fault_settings_template.settings)
+    expected = detect(reference.journaled, reference.settings)
     assert differences(reference.stored, expected) == []
     assert reference.stored, "the trace raised no event at all"
     report.add(
@@ -156,7 +155,7 @@ def test_no_event_is_lost_duplicated_or_invented(
     lost_cams = [key for key in published if key[0] == "c" and key not in arrived]
     duplicates = len(journaled) - len(arrived)
     # What the detection core makes of exactly what the gateway took, once each.
-    own_inputs = detect(outcome.journaled, run.settings)
+    own_inputs = detect(outcome.journaled, outcome.settings)
     wrong = differences(outcome.stored, own_inputs)
     changed = differences(outcome.stored, reference.stored)
     # Jams count traffic-jam DENMs among their reports, and the DENM session runs ahead of a
