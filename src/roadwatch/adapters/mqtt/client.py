@@ -117,23 +117,17 @@ class MqttEndpoint:
     @classmethod
     def fleet(cls, settings: Settings, client_id: str = "") -> MqttEndpoint:
         """The fleet account of `settings` (the simulator's, replay's and benchmarks')."""
+        password = settings.mqtt_fleet_password.get_secret_value()
         return cls(
-            settings.mqtt_host,
-            settings.mqtt_port,
-            settings.mqtt_fleet_user,
-            settings.mqtt_fleet_password.get_secret_value(),
-            client_id,
+            settings.mqtt_host, settings.mqtt_port, settings.mqtt_fleet_user, password, client_id
         )
 
     @classmethod
     def gateway(cls, settings: Settings, client_id: str = "") -> MqttEndpoint:
         """The gateway account of `settings`."""
+        password = settings.mqtt_gateway_password.get_secret_value()
         return cls(
-            settings.mqtt_host,
-            settings.mqtt_port,
-            settings.mqtt_gateway_user,
-            settings.mqtt_gateway_password.get_secret_value(),
-            client_id,
+            settings.mqtt_host, settings.mqtt_port, settings.mqtt_gateway_user, password, client_id
         )
 
 
