@@ -137,9 +137,8 @@ def test_event_from_the_gateway_reaches_the_collector_unchanged(xmpp: Settings) 
         receiver = EventReceiver(xmpp, collected.handle, positions.load, positions.save)
         sender = EventSender(xmpp)
         async with running(receiver), running(sender):
-            # submit() is called from the MQTT network thread in the gateway.
-            await asyncio.to_thread(sender.submit, event)
-            await asyncio.to_thread(sender.submit, update)
+            await sender.send(event)
+            await sender.send(update)
             await collected.wait_for(event.id)
             await until(lambda: len([e for e in collected.events if e.id == event.id]) >= 2, "v2")
             await until(lambda: sender.stats.acked >= 2, "acks from the server")

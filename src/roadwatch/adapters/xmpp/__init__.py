@@ -9,7 +9,6 @@ from roadwatch.adapters.xmpp.errors import (
     XmppAuthError,
     XmppClosed,
     XmppError,
-    XmppQueueFull,
     XmppUnavailable,
 )
 from roadwatch.adapters.xmpp.receiver import (
@@ -36,6 +35,5 @@ __all__ = [
     "XmppAuthError",
     "XmppClosed",
     "XmppError",
-    "XmppQueueFull",
     "XmppUnavailable",
 ]

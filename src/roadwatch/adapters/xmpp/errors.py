@@ -19,10 +19,6 @@ class XmppClosed(XmppError):
     """The client was closed and accepts no more work."""
 
 
-class XmppQueueFull(XmppError):
-    """The outgoing queue stayed full for longer than the caller allowed."""
-
-
 class PubSubError(XmppError):
     """The PubSub service refused or failed a request (XEP-0060)."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.xep_0198.stanza import RequestAck
 
 from roadwatch.adapters.xmpp.connection import Connection
-from roadwatch.adapters.xmpp.errors import XmppClosed, XmppQueueFull, XmppUnavailable
+from roadwatch.adapters.xmpp.errors import XmppClosed
 from roadwatch.adapters.xmpp.stanza import event_element
 from roadwatch.domain.events import Event
 from roadwatch.settings import Settings
@@ -49,12 +48,11 @@ class SenderStats:
     unsent_at_close: int = 0
 
 
-# Choices (SPEC §5, §10): `submit()` is for other threads (the MQTT network thread). When the
-# queue is full it BLOCKS the caller until there is room: back-pressure on MQTT, counted in
-# `stats.blocked_submits` and logged at a limited rate; with `timeout_s` it raises XmppQueueFull
-# instead, so the caller decides. No event is ever dropped silently. Events the server has not
-# acknowledged (XEP-0198) are sent again on the next session, so the collector may see one
-# twice; its store is idempotent by id and version.
+# Choices (SPEC §5, §10): `send()` waits while the queue is full: back-pressure on the caller
+# (the gateway's outbox), counted in `stats.blocked_submits` and logged at a limited rate. No
+# event is ever dropped silently. Events the server has not acknowledged (XEP-0198) are sent
+# again on the next session, so the collector may see one twice; its store is idempotent by id
+# and version.
 class EventSender:
     """Send events to collector@ over one long-lived XEP-0198 session, reconnecting as needed."""
 
@@ -62,18 +60,13 @@ class EventSender:
         self._settings = settings
         self._recipient = settings.collector_jid
         self._queue_size = queue_size
-        self._slots = threading.BoundedSemaphore(queue_size)
-        self._ready = threading.Event()
         self._closed = False
         self._full_logged_at = -FULL_QUEUE_LOG_INTERVAL_S
         self._stats = SenderStats()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Event] = asyncio.Queue(queue_size)
         self._unacked: OrderedDict[str, Event] = OrderedDict()
         # Set whenever the server acknowledges something (waited on by the pump and close()).
         self._progress = asyncio.Event()
-        # Set whenever the pump frees a slot of the queue (waited on by send()).
-        self._room = asyncio.Event()
         # Told the new total each time the server acknowledges an event (on the loop).
         self.on_acked: Callable[[int], None] | None = None
         self._connection = Connection(
@@ -86,42 +79,16 @@ class EventSender:
             setup=self._setup,
         )
 
-    # -- any thread -----------------------------------------------------------------------
-
-    def submit(self, event: Event, timeout_s: float | None = None) -> None:
-        """Queue `event` from another thread, blocking while the queue is full."""
-        if self._closed:
-            raise XmppClosed("the event sender is closed")
-        if not self._ready.wait(timeout_s):
-            raise XmppUnavailable(f"the event sender did not start within {timeout_s} s")
-        loop = self._loop
-        assert loop is not None
-        if _running_in(loop):
-            raise RuntimeError("submit() blocks: from the event loop, await send() instead")
-        if not self._slots.acquire(blocking=False):
-            self._note_full_queue()
-            if not self._slots.acquire(timeout=timeout_s):
-                raise XmppQueueFull(f"no room in the XMPP queue after {timeout_s} s")
-        self._stats.submitted += 1
-        loop.call_soon_threadsafe(self._enqueue, event)
-
     # -- the event loop ---------------------------------------------------------------------
 
     async def send(self, event: Event) -> None:
-        """Queue `event` from the event loop, waiting while the queue is full."""
+        """Queue `event`, waiting while the queue is full."""
         if self._closed:
             raise XmppClosed("the event sender is closed")
-        if not self._slots.acquire(blocking=False):
+        if self._queue.full():
             self._note_full_queue()
-            while True:
-                # Cleared before trying: the pump frees slots on this same loop, so no wake-up
-                # can slip between the attempt and the wait.
-                self._room.clear()
-                if self._slots.acquire(blocking=False):
-                    break
-                await self._room.wait()
+        await self._queue.put(event)
         self._stats.submitted += 1
-        self._enqueue(event)
 
     @property
     def stats(self) -> SenderStats:
@@ -157,8 +124,6 @@ class EventSender:
 
     async def run(self) -> None:
         """Keep the session up and send queued events until `close()`."""
-        self._loop = asyncio.get_running_loop()
-        self._ready.set()
         await self._connection.run(self._pump)
 
     async def close(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
@@ -187,10 +152,6 @@ class EventSender:
                 self._queue_size,
                 self._stats.blocked_submits,
             )
-
-    def _enqueue(self, event: Event) -> None:
-        # Never raises QueueFull: a slot of the semaphore was taken for this event.
-        self._queue.put_nowait(event)
 
     def _setup(self, client: ClientXMPP) -> None:
         client.add_event_handler("stanza_acked", self._on_acked)
@@ -231,8 +192,6 @@ class EventSender:
                 self._request_ack()
             event = await self._queue.get()
             # From here to the send there is no await: a cancelled session cannot lose it.
-            self._slots.release()
-            self._room.set()
             stanza_id = f"{event.id}.v{event.version}"
             self._unacked[stanza_id] = event
             self._send(client, stanza_id, event)
@@ -253,10 +212,3 @@ class EventSender:
             await iq.send(timeout=PREFS_TIMEOUT_S)
         except (IqError, IqTimeout) as exc:
             log.warning("could not turn off archiving of sent messages: %s", exc)
-
-
-def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
