@@ -13,6 +13,7 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +112,11 @@ class StateKeeper:
             journal.flush()
 
     def capture(
-        self, detector_state: Any, outbox: list[Event], acked: int | None, force: bool
+        self,
+        detector_state: Callable[[], dict[str, Any]],
+        outbox: list[Event],
+        acked: int | None,
+        force: bool,
     ) -> Capture | None:
         """Snapshot the state now, switching the journal to a new segment.
 
