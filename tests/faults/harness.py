@@ -8,6 +8,7 @@ and what the replay published.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -127,6 +128,19 @@ class FaultRun:
         self.supervisor.signal(program, signal.SIGCONT)
         self.note(f"SIGCONT {program}")
 
+    def wait_gateway_drained(self, timeout_s: float = RECOVERY_S) -> float:
+        """Return the seconds until the gateway has no event left unacknowledged by Prosody."""
+        began = time.monotonic()
+        while time.monotonic() - began < timeout_s:
+            with contextlib.suppress(OSError):
+                gateway = _metrics(self.settings.gateway_metrics_port)
+                if not _gateway_pending(gateway):
+                    took = time.monotonic() - began
+                    self.note(f"every gateway event acknowledged by Prosody after {took:.1f} s")
+                    return took
+            time.sleep(0.1)
+        raise AssertionError(f"the gateway still held events after {timeout_s:.0f} s")
+
     def down_for(self, program: str, seconds: float) -> None:
         self.supervisor.stop(program)
         self.note(f"{program} stopped for {seconds:.0f} s")
@@ -212,10 +226,7 @@ class FaultRun:
         except OSError:
             return None
         stored = self._count_stored()
-        pending = gateway.get("roadwatch_gateway_outbox_unsent", 0) + gateway.get(
-            "roadwatch_gateway_xmpp_pending", 0
-        )
-        if pending:
+        if _gateway_pending(gateway):
             return None  # not settled while anything waits
         return (gateway.get("roadwatch_gateway_messages_received_total"), stored)
 
@@ -265,6 +276,13 @@ def _metrics(port: int) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             figures[name] = float(value)
     return figures
+
+
+def _gateway_pending(figures: dict[str, float]) -> float:
+    """Events the gateway holds that Prosody has not acknowledged (queued or in flight)."""
+    return figures.get("roadwatch_gateway_outbox_unsent", 0) + figures.get(
+        "roadwatch_gateway_xmpp_pending", 0
+    )
 
 
 def detect(records: list[Record], settings: Settings) -> dict[str, Event]:

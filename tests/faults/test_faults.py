@@ -62,8 +62,18 @@ def kill_gateway_twice(run: FaultRun) -> None:
     run.wait_back("gateway", pid)
 
 
+# Once Prosody runs again, the gateway's held events must flow within this: its resumed session
+# is checked at once (adapters/xmpp/connection.py), not at the next regular ping.
+THAWED_FLOW_LIMIT_S = 15.0
+
+
 def freeze_prosody(run: FaultRun) -> None:
     run.freeze("prosody", 30.0)
+    took = run.wait_gateway_drained()
+    assert took <= THAWED_FLOW_LIMIT_S, (
+        f"the gateway's events waited {took:.1f} s after Prosody was thawed"
+        f" (limit {THAWED_FLOW_LIMIT_S:.0f} s)"
+    )
 
 
 def mariadb_down(run: FaultRun) -> None:

@@ -52,6 +52,10 @@ AUTH_ATTEMPTS = 3
 # XEP-0199 pings find a dead TCP connection that no error reported (a silent network drop).
 PING_INTERVAL_S = 20.0
 PING_TIMEOUT_S = 10.0
+# A resumed session is pinged at once: after the server was frozen (SIGSTOP) it may take the
+# resumption and then serve nothing on that stream, and waiting for the first regular ping left
+# the service stalled for 30 s. A fresh session (no resumption) follows a failed check.
+RESUMED_CHECK_TIMEOUT_S = 5.0
 DISCONNECT_WAIT_S = 2.0
 
 OnOnline = Callable[[ClientXMPP, bool], Awaitable[None]]
@@ -140,6 +144,7 @@ class Connection:
         self.client: ClientXMPP | None = None
         self.sessions = 0
         self.reconnects = 0
+        self.failed_resumptions = 0
         self._online = asyncio.Event()
         self._closing = asyncio.Event()
 
@@ -265,7 +270,7 @@ class Connection:
         self._online.set()
         closing = asyncio.ensure_future(self._closing.wait())
         worker = asyncio.ensure_future(on_online(client, resumed))
-        pinger = asyncio.ensure_future(self._keepalive(client))
+        pinger = asyncio.ensure_future(self._keepalive(client, check_at_once=resumed))
         try:
             waiting: set[asyncio.Future[Any]] = {gone, closing, worker, pinger}
             while True:
@@ -277,8 +282,6 @@ class Connection:
                         log.error("%s: session work failed: %r", self.jid, error, exc_info=error)
                         break
                     continue  # the work is done; stay online until the session ends
-                if pinger in done:
-                    log.warning("%s: server stopped answering pings; reconnecting", self.jid)
                 break
         finally:
             self._online.clear()
@@ -288,17 +291,32 @@ class Connection:
             if not gone.done():
                 await self._drop(client)
 
-    async def _keepalive(self, client: ClientXMPP) -> None:
+    async def _keepalive(self, client: ClientXMPP, check_at_once: bool) -> None:
         """Return when a XEP-0199 ping to our server goes unanswered."""
         server = JID(client.boundjid.host)
+        if check_at_once and not await self._answers_ping(client, server, RESUMED_CHECK_TIMEOUT_S):
+            self.failed_resumptions += 1
+            # The next attempt starts a fresh session: resuming this one again could only
+            # land on the same unresponsive session. What it held unacknowledged is sent again
+            # by the sender (a fresh session) or caught up from the archive (the receiver).
+            client.plugin["xep_0198"].session_end(None)
+            log.warning("%s: the resumed session does not answer; starting a fresh one", self.jid)
+            return
         while True:
             await asyncio.sleep(self._ping_interval_s)
-            try:
-                await client.plugin["xep_0199"].send_ping(server, timeout=PING_TIMEOUT_S)
-            except IqTimeout:
+            if not await self._answers_ping(client, server, PING_TIMEOUT_S):
+                log.warning("%s: server stopped answering pings; reconnecting", self.jid)
                 return
-            except IqError:
-                continue  # an answer, even an error, proves the link is alive
+
+    @staticmethod
+    async def _answers_ping(client: ClientXMPP, server: JID, timeout_s: float) -> bool:
+        try:
+            await client.plugin["xep_0199"].send_ping(server, timeout=timeout_s)
+        except IqTimeout:
+            return False
+        except IqError:
+            pass  # an answer, even an error, proves the link is alive
+        return True
 
     async def _drop(self, client: ClientXMPP) -> None:
         """Close the TCP connection now, keeping the XEP-0198 state for a resumption."""
