@@ -299,7 +299,8 @@ class Connection:
             # The next attempt starts a fresh session: resuming this one again could only
             # land on the same unresponsive session. What it held unacknowledged is sent again
             # by the sender (a fresh session) or caught up from the archive (the receiver).
-            client.plugin["xep_0198"].session_end(None)
+            stream_management: Any = client.plugin["xep_0198"]
+            stream_management.session_end(None)
             log.warning("%s: the resumed session does not answer; starting a fresh one", self.jid)
             return
         while True:
