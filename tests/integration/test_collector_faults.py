@@ -335,3 +335,45 @@ def test_events_prosody_could_not_archive_reach_mysql_after_the_outage_and_healt
             assert figures["roadwatch_collector_archive_dropped_total"] == 0
 
     run(scenario())
+
+
+def test_items_a_prosody_crash_lost_are_published_again_once_it_is_back(
+    stack: PrivateStack,
+) -> None:
+    settings = stack.settings
+    events = [make_event(kind) for kind in (EventType.ACCIDENT, EventType.ZONE_ENTER)]
+
+    def forget_items() -> None:
+        """Leave MySQL as a kill -9 amid a round of item writes does: those rows unwritten."""
+        with (
+            stack.mariadb.admin_connection(settings.prosody_db_name) as conn,
+            conn.cursor() as cur,
+        ):
+            marks = ", ".join(["%s"] * len(events))
+            cur.execute(
+                f"DELETE FROM prosodyarchive WHERE host = %s AND `key` IN ({marks})",
+                (settings.pubsub_service, *(event.id for event in events)),
+            )
+            assert cur.rowcount == len(events)
+            conn.commit()
+
+    async def scenario() -> None:
+        async with gateway(settings) as sender:
+            for event in events:
+                await sender.send(event)
+            for event in events:
+                await wait_for_item(settings, event)
+        pid = stack.prosody.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: not is_alive(pid), "Prosody to die")
+        await asyncio.to_thread(forget_items)
+        await asyncio.to_thread(stack.prosody.start)
+        for event in events:
+            await wait_for_item(settings, event, timeout_s=60)
+        figures = stack.metrics()
+        assert figures["roadwatch_collector_republished_total"] >= len(events)
+        # Published again, not stored again: the stage histograms time first publishes only.
+        assert figures['roadwatch_collector_stage_seconds_count{stage="published"}'] == len(events)
+
+    run(scenario())

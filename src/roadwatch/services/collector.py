@@ -9,6 +9,7 @@ import itertools
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +41,11 @@ PUBLISH_RETRY_BACKOFF = Backoff(initial_s=0.5, factor=2.0, maximum_s=30.0)
 # Events stored but not yet published, one entry per event id. Past this the store loop waits
 # (the receiver then holds, then leaves messages to the archive), so memory stays bounded.
 PUBLISH_BACKLOG_MAX = 50_000
+# On each new XMPP session, the events published this recently are published again: a kill -9
+# of Prosody can lose the item writes of its last round of input (docs/DESIGN.md, "PubSub
+# items"), and a node's items must hold the current state of its events (SPEC §5).
+REPUBLISH_WINDOW_S = 10.0
+REPUBLISH_MAX = 20_000
 # How often the figures of Prosody's archive guard (deploy/prosody/modules) are read.
 ARCHIVE_POLL_INTERVAL_S = 5.0
 # /health stays "degraded" this long after Prosody's last failed archive write.
@@ -70,6 +76,7 @@ class CollectorStats:
     publish_stale: int = 0
     publish_failures: int = 0
     publish_retries: int = 0
+    republished: int = 0
     batches: int = 0
     store_errors: int = 0
     last_batch_ms: float = 0.0
@@ -79,8 +86,9 @@ class CollectorStats:
 @dataclass(slots=True)
 class _Unpublished:
     event: Event
-    # When the batch holding this version committed (time.monotonic()).
-    committed: float
+    # When the batch holding this version committed (time.monotonic()); None for a version
+    # published again on a new session, which the "published" stage does not time.
+    committed: float | None
     due: float
     delays: Iterator[float]
     failures: int = 0
@@ -121,7 +129,7 @@ class PublishBacklog:
         """Count the events whose last publish failed."""
         return self._failing
 
-    def add(self, event: Event, committed: float, now: float) -> None:
+    def add(self, event: Event, committed: float | None, now: float) -> None:
         """Queue `event` for publishing, unless a newer version of it is queued already."""
         entry = self._entries.get(event.id)
         if entry is None:
@@ -157,7 +165,8 @@ class PublishBacklog:
     def succeeded(self, event: Event, now: float) -> float | None:
         """Record that `event` was published (or refused as stale); return its commit time.
 
-        None when a newer version arrived meanwhile: it stays, due now.
+        None when a newer version arrived meanwhile (it stays, due now), or when this was a
+        version published again.
         """
         entry = self._entries.get(event.id)
         if entry is None or not entry.in_flight:
@@ -232,6 +241,9 @@ class Collector:
         self._backlog_empty = asyncio.Event()
         self._backlog_empty.set()
         self._publishing = 0
+        # (when, event) of the latest successful publishes, for a new session (see
+        # REPUBLISH_WINDOW_S).
+        self._recent: deque[tuple[float, Event]] = deque(maxlen=REPUBLISH_MAX)
         self._problems = ThrottledLog(log, PROBLEM_LOG_INTERVAL_S)
         self.db_reachable = True
         self._db_checked = time.monotonic()
@@ -341,6 +353,7 @@ class Collector:
                 if receiver.sessions != sessions:
                     sessions = receiver.sessions
                     self.backlog.retry_now(time.monotonic())
+                    self._republish_recent(time.monotonic())
                 now = time.monotonic()
                 for attempt in self.backlog.take_due(now, PUBLISH_CONCURRENCY - self._publishing):
                     self._publishing += 1
@@ -350,6 +363,20 @@ class Collector:
                 wait_s = STATUS_INTERVAL_S if due is None else min(max(0.0, due - now), 1.0)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._publish_wake.wait(), wait_s)
+
+    def _republish_recent(self, now: float) -> None:
+        """Queue again what was published within REPUBLISH_WINDOW_S (a new session began)."""
+        recent = self._recent
+        while recent and now - recent[0][0] > REPUBLISH_WINDOW_S:
+            recent.popleft()
+        for _, event in recent:
+            self.backlog.add(event, None, now)
+        if recent:
+            self.stats.republished += len(recent)
+            self._publish_wake.set()
+            self._backlog_empty.clear()
+            log.info("new XMPP session: publishing the last %d events again", len(recent))
+        recent.clear()
 
     async def _publish(self, receiver: EventReceiver, attempt: PublishAttempt) -> None:
         event = attempt.event
@@ -380,6 +407,7 @@ class Collector:
             committed = self.backlog.succeeded(event, now)
             if published:
                 self.stats.published += 1
+                self._recent.append((now, event))
                 if committed is not None:
                     self._published_stage.observe(max(0.0, now - committed))
             else:
@@ -493,6 +521,7 @@ class Collector:
             "publish_stale": self.stats.publish_stale,
             "publish_failures": self.stats.publish_failures,
             "publish_retries": self.stats.publish_retries,
+            "republished": self.stats.republished,
             "publish_backlog": len(self.backlog),
             "batches": self.stats.batches,
             "store_errors": self.stats.store_errors,
@@ -513,6 +542,7 @@ _COUNTERS = (
     ("publish_stale", "publishes skipped because a newer version was published"),
     ("publish_failures", "PubSub publishes that failed (each is retried)"),
     ("publish_retries", "PubSub publishes tried again after a failure"),
+    ("republished", "events published again because a new XMPP session began"),
     ("store_errors", "batches that MySQL refused or could not take"),
     ("batches", "batches committed to MySQL"),
 )
