@@ -303,11 +303,15 @@ def messages_of(records: list[Record]) -> list[Cam | Denm]:
     return [record for record in records if not isinstance(record, list)]
 
 
-def message_key(message: Cam | Denm) -> tuple[str, str, int]:
+# ("c" or "d", station, timestamp): one publication, whatever the way it came.
+MessageKey = tuple[str, str, int]
+
+
+def message_key(message: Cam | Denm) -> MessageKey:
     return ("d" if isinstance(message, Denm) else "c", message.station_id, message.timestamp_ms)
 
 
-def trace_messages(trace: Path, offset_ms: int) -> list[tuple[str, str, int]]:
+def trace_messages(trace: Path, offset_ms: int) -> list[MessageKey]:
     """The keys of every publication of `trace`, as the replay shifts them."""
     keys = []
     for raw in trace.read_bytes().splitlines():
