@@ -84,7 +84,13 @@ max_archive_query_results = 500
 
 -- Storage: users, archive, offline messages and PubSub items in MySQL (SPEC §6) -----------------
 
-storage = "sql"
+default_storage = "sql"
+storage = {
+	-- Read for every archived message, with three SQL round trips on Prosody's only thread:
+	-- kept in memory instead. The only preference set is the gateway's "never", which it sets
+	-- again at the start of every session, and so after any restart of Prosody.
+	archive_prefs = "memory",
+}
 sql = {
 	driver = "MySQL",
 	host = env("ROADWATCH_MYSQL_HOST", "127.0.0.1"),

@@ -21,6 +21,7 @@ from roadwatch.adapters.xmpp import EventReceiver, EventSender
 from roadwatch.adapters.xmpp.connection import make_client, tcp_nodelay_enabled
 from roadwatch.adapters.xmpp.stanza import PubSubItem, event_element, pubsub_items
 from roadwatch.domain.events import Event, EventStatus, EventType, new_event_id
+from roadwatch.runner.mariadb import MariaDB
 from roadwatch.runner.process import RunLayout, read_pid
 from roadwatch.runner.prosody import Prosody
 from roadwatch.settings import Settings
@@ -151,6 +152,40 @@ def test_event_from_the_gateway_reaches_the_collector_unchanged(xmpp: Settings) 
     run(scenario())
     mine = [e for e in collected.events if e.id == event.id]
     assert mine[:2] == [event, update]
+
+
+def test_only_the_collectors_copy_of_an_event_is_archived_across_prosody_restarts(
+    xmpp: Settings, prosody: Prosody, mariadb: MariaDB
+) -> None:
+    """The gateway's "never archive" preference holds though Prosody keeps it in memory."""
+
+    def archived(user: str, event: Event) -> int:
+        with (
+            mariadb.admin_connection(xmpp.prosody_db_name) as conn,
+            conn.cursor() as cur,
+        ):
+            cur.execute(
+                "SELECT COUNT(*) FROM prosodyarchive WHERE host = %s AND user = %s"
+                " AND store = 'archive' AND value LIKE %s",
+                (xmpp.xmpp_domain, user, f"%{event.id}%"),
+            )
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def send(event: Event) -> None:
+        sender = EventSender(xmpp)
+        async with running(sender):
+            await sender.send(event)
+            await until(lambda: sender.stats.acked >= 1, "the server's ack")
+
+    before, after = make_event(), make_event(EventType.ZONE_ENTER)
+    run(send(before))
+    prosody.stop()
+    prosody.start()
+    run(send(after))
+    for event in (before, after):
+        assert archived("collector", event) == 1
+        assert archived("gateway", event) == 0
 
 
 def test_messages_from_other_accounts_and_bad_payloads_are_ignored(
