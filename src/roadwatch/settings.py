@@ -75,9 +75,12 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_token: SecretStr = SecretStr("")
 
-    # Collector batching: flush when this many events wait or this much time has passed.
+    # Collector batching: a batch takes what waits, up to this many events; it waits this long
+    # for more after its first only when above 0. At 0 the batches grow with the load by
+    # themselves (what arrives during one commit forms the next batch) and a lone accident
+    # does not wait: 0.02 s here added 20 ms to every event at low load.
     collector_batch_size: int = 500
-    collector_flush_interval_s: float = 0.02
+    collector_flush_interval_s: float = 0.0
 
     # Detection thresholds (SPEC §3), all overridable from the environment.
     accident_radius_m: float = 200.0

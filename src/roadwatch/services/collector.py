@@ -280,6 +280,9 @@ class Collector:
             batch = [await self.queue.get()]
             deadline = time.monotonic() + flush_s
             while len(batch) < batch_size:
+                if not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                    continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
