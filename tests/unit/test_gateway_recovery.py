@@ -8,6 +8,7 @@ fake XMPP server acknowledged them, so anything merely sent before the kill may 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import urllib.error
 import urllib.request
@@ -116,6 +117,7 @@ async def run_gateway(
     xmpp: FakeXmpp,
     *,
     snapshot_every: int = 0,
+    forked: bool = False,
     ack_every: int = 0,
     clean_stop: bool = True,
 ) -> Gateway:
@@ -131,7 +133,10 @@ async def run_gateway(
         if ack_every and i % ack_every == 0:
             xmpp.acked = max(xmpp.acked, len(xmpp.sent) - 3)  # the server lags a little
         if snapshot_every and i % snapshot_every == 0:
-            gateway.write_snapshot(gateway.capture(xmpp.acknowledged()))
+            if forked:
+                snapshot_in_a_child(gateway, xmpp.acknowledged())
+            else:
+                gateway.write_snapshot(gateway.capture(xmpp.acknowledged()))
     await asyncio.sleep(0)
     if clean_stop:
         xmpp.ack_all()
@@ -141,6 +146,14 @@ async def run_gateway(
         gateway.flush_journal()  # the 5 ms timer ran before the kill came
     forwarder.cancel()
     return gateway
+
+
+def snapshot_in_a_child(gateway: Gateway, acked: int) -> None:
+    """Take a snapshot as the running service does: written by a forked child."""
+    snapshot = gateway.fork_snapshot(acked)
+    if snapshot is not None:
+        _, status = os.waitpid(snapshot.pid, 0)
+        gateway.state.forked_done(snapshot, os.waitstatus_to_exitcode(status))
 
 
 def delivered_state(events: Sequence[Event]) -> dict[tuple[str, int], Event]:
@@ -171,9 +184,9 @@ def test_the_trace_raises_every_kind_of_event(tmp_path: Path, messages: list[Pub
 
 
 @pytest.mark.parametrize("cut", [1, 45, 200, 333, 500, 700, 960, 961])
-@pytest.mark.parametrize("snapshot_every", [0, 97])
+@pytest.mark.parametrize("snapshots", ["none", "copied", "forked"])
 def test_a_kill_at_any_point_then_a_restart_delivers_exactly_the_same_events(
-    tmp_path: Path, messages: list[Publication], cut: int, snapshot_every: int
+    tmp_path: Path, messages: list[Publication], cut: int, snapshots: str
 ) -> None:
     expected = reference(tmp_path, messages)
     run_dir = tmp_path / "crashed"
@@ -183,7 +196,8 @@ def test_a_kill_at_any_point_then_a_restart_delivers_exactly_the_same_events(
             run_dir,
             messages[:cut],
             first,
-            snapshot_every=snapshot_every,
+            snapshot_every=0 if snapshots == "none" else 97,
+            forked=snapshots == "forked",
             ack_every=10,
             clean_stop=False,
         )
@@ -267,3 +281,38 @@ def test_the_metrics_endpoint_shows_every_figure(
     assert health["status"] == "ok"
     assert health["detection_clock"] is not None
     assert missing == "404"
+
+
+def test_a_snapshot_written_by_a_child_replaces_the_journal_before_it(
+    tmp_path: Path, messages: list[Publication]
+) -> None:
+    xmpp = FakeXmpp()
+    gateway = asyncio.run(run_gateway(tmp_path, messages[:300], xmpp, clean_stop=False))
+    store = gateway.state.store
+    assert store is not None
+    segments_before = store.segments()
+    snapshot_in_a_child(gateway, xmpp.acknowledged())
+    stats = gateway.state.stats
+    assert (stats.saved, stats.failures) == (2, 0)  # the one at recovery, then the child's
+    assert stats.last_bytes == store.snapshot_path.stat().st_size > 0
+    assert store.segments() == [segments_before[-1] + 1]
+    loaded = store.load(time.time())
+    assert loaded is not None and loaded.detector == gateway._detector_state()
+
+
+def test_a_child_that_fails_keeps_the_journal_and_counts_the_failure(
+    tmp_path: Path, messages: list[Publication]
+) -> None:
+    xmpp = FakeXmpp()
+    gateway = asyncio.run(run_gateway(tmp_path, messages[:300], xmpp, clean_stop=False))
+    store = gateway.state.store
+    assert store is not None
+    segments_before = store.segments()
+
+    def broken() -> dict[str, object]:
+        raise RuntimeError("cannot copy the state")
+
+    gateway._detector_state = broken  # type: ignore[method-assign]
+    snapshot_in_a_child(gateway, xmpp.acknowledged())
+    assert gateway.state.stats.failures == 1
+    assert store.segments()[: len(segments_before)] == segments_before

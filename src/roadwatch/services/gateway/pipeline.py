@@ -17,7 +17,7 @@ from roadwatch.domain.events import Event, EventType
 from roadwatch.domain.messages import Cam, Denm
 from roadwatch.domain.zones import Zone
 from roadwatch.services.gateway.detection import Detection
-from roadwatch.services.gateway.journal import Capture, StateKeeper
+from roadwatch.services.gateway.journal import Capture, ForkedSnapshot, StateKeeper
 from roadwatch.services.gateway.outbox import Outbox
 from roadwatch.services.gateway.partitioning import SNAPSHOT_KEY, Ownership
 from roadwatch.settings import Settings
@@ -207,6 +207,12 @@ class Gateway:
         if acked is not None:
             self.outbox.acknowledge(acked)
         return self.state.capture(self._detector_state, self.outbox.pending(), acked, force)
+
+    def fork_snapshot(self, acked: int | None) -> ForkedSnapshot | None:
+        """Have a child process write a snapshot of the state now (see journal.py)."""
+        if acked is not None:
+            self.outbox.acknowledge(acked)
+        return self.state.fork_snapshot(self._detector_state, self.outbox.pending(), acked)
 
     def write_snapshot(self, capture: Capture | None) -> None:
         """Write a captured snapshot (in a worker thread: it does not touch live state)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -70,6 +71,8 @@ class GatewayService:
             ),
         )
         self._snapshotter: asyncio.Task[None] | None = None
+        # The pid of the child writing a snapshot, while it runs.
+        self._snapshot_child: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Recover the state, connect, detect until `stop` is set, then stop in order."""
@@ -130,6 +133,9 @@ class GatewayService:
         self.status.write("stopping", gateway.counters())
         if self._snapshotter is not None:
             self._snapshotter.cancel()  # the last snapshot is taken below
+        if self._snapshot_child is not None:
+            # Its snapshot must not replace the last one, written below.
+            await asyncio.to_thread(_wait_for_child, self._snapshot_child)
         await self.intake.close()
         if intake is not None:
             intake.cancel()
@@ -159,8 +165,13 @@ class GatewayService:
                     stats.last_capture_s * CAPTURE_SPACING,
                 )
             )
-            capture = self.gateway.capture(self.sink.acknowledged())
-            await asyncio.to_thread(self.gateway.write_snapshot, capture)
+            forked = self.gateway.fork_snapshot(self.sink.acknowledged())
+            if forked is None:
+                continue
+            self._snapshot_child = forked.pid
+            exit_code = await asyncio.to_thread(_wait_for_child, forked.pid)
+            self._snapshot_child = None
+            self.gateway.state.forked_done(forked, exit_code)
 
     def _status_figures(self) -> dict[str, Any]:
         figures: dict[str, Any] = {**self.gateway.counters(), **self.sender.counters()}
@@ -216,3 +227,12 @@ async def run(settings: Settings) -> None:
 def main(settings: Settings) -> None:
     """Entry point of `roadwatch gateway`."""
     asyncio.run(run(settings))
+
+
+def _wait_for_child(pid: int) -> int | None:
+    """Wait for a forked child to end; its exit code (None if someone else reaped it)."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status)
