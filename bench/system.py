@@ -77,14 +77,13 @@ class PrivateSystem:
         """The gateways' /metrics, added up: `name` or `name{labels}` -> value."""
         figures: dict[str, float] = {}
         for gateway in self.gateways:
-            url = f"http://127.0.0.1:{gateway.gateway_metrics_port}/metrics"
-            with urllib.request.urlopen(url, timeout=5) as answer:
-                text = answer.read().decode()
-            for line in text.splitlines():
-                if line and not line.startswith("#"):
-                    name, _, value = line.rpartition(" ")
-                    key = name.removeprefix("roadwatch_gateway_")
-                    figures[key] = figures.get(key, 0.0) + float(value)
+            _add_metrics(figures, gateway.gateway_metrics_port, "roadwatch_gateway_")
+        return figures
+
+    def collector_metrics(self) -> dict[str, float]:
+        """The collector's /metrics: `name` or `name{labels}` -> value."""
+        figures: dict[str, float] = {}
+        _add_metrics(figures, self.settings.collector_metrics_port, "roadwatch_collector_")
         return figures
 
     def received(self) -> int:
@@ -117,6 +116,17 @@ class PrivateSystem:
                 moved_at = time.monotonic()
             count = latest
         return count, True, moved_at
+
+
+def _add_metrics(figures: dict[str, float], port: int, prefix: str) -> None:
+    """Add the figures of the /metrics on `port` to `figures`, their names without `prefix`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            key = name.removeprefix(prefix)
+            figures[key] = figures.get(key, 0.0) + float(value)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
