@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     # Other DENM causes relayed as `hazard` events.
     hazard_radius_m: float = 200.0
     hazard_expiry_s: float = 1800.0
+    # CPU priority (nice) of everything an alert goes through natively: Mosquitto, the
+    # gateway, Prosody, the collector, MariaDB and Apache. Below 0 they run before other work
+    # on the machine, so a browser on the same two cores cannot delay an accident (Chromium
+    # raises its own display threads to -8: -10 stays ahead). 0 leaves them at the default;
+    # raising priority needs root, and nice(1) warns and runs them unchanged without.
+    pipeline_nice: int = -10
     # Detection state saved by the gateway (a snapshot at most this often, and at shutdown).
     state_snapshot_interval_s: float = 5.0
     # Keep every journal segment (under archive/) instead of deleting those a snapshot holds:

@@ -9,7 +9,7 @@ import urllib.request
 
 from pydantic import SecretStr
 
-from roadwatch.runner.process import Program, program_environment, run_checked
+from roadwatch.runner.process import Program, prioritised, program_environment, run_checked
 from roadwatch.runner.server import Server
 from roadwatch.runner.templates import deploy_dir, repo_dir
 from roadwatch.settings import Settings
@@ -68,7 +68,7 @@ class Apache(Server):
     def program(self) -> Program:
         return Program(
             self.name,
-            tuple(self.argv("-DFOREGROUND")),
+            prioritised(self.argv("-DFOREGROUND"), self.settings.pipeline_nice),
             self.environment(),
             self.folder,
             # The workers of a parent killed with SIGKILL ignore SIGTERM and hold the port

@@ -21,6 +21,7 @@ from roadwatch.adapters.mysql.migrate import apply_migrations
 from roadwatch.runner.process import (
     Program,
     RunnerError,
+    prioritised,
     program_environment,
     run_checked,
 )
@@ -82,7 +83,7 @@ class MariaDB(Server):
     def program(self) -> Program:
         return Program(
             self.name,
-            tuple(self._server_argv()),
+            prioritised(self._server_argv(), self.settings.pipeline_nice),
             program_environment(self.layout.root, self.name),
             self.folder,
             stop_grace_s=STOP_GRACE_S,

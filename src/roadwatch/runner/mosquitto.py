@@ -13,6 +13,7 @@ from roadwatch.runner.process import (
     Program,
     RunnerError,
     port_open,
+    prioritised,
     program_environment,
     run_checked,
 )
@@ -77,7 +78,7 @@ class Mosquitto(Server):
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         return Program(
             self.name,
-            (mosquitto, "-c", str(self.config_file)),
+            prioritised((mosquitto, "-c", str(self.config_file)), self.settings.pipeline_nice),
             program_environment(self.layout.root, self.name),
             self.folder,
             ports=(self.settings.mqtt_port,),

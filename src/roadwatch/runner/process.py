@@ -90,6 +90,15 @@ class Program:
     ports: tuple[int, ...] = field(default=())
 
 
+def prioritised(argv: Sequence[str], nice: int) -> tuple[str, ...]:
+    """`argv` run at CPU priority `nice` (Settings.pipeline_nice), set before it starts.
+
+    Through nice(1): the priority is in place before the program creates its threads or
+    workers, which all inherit it, whoever starts it (supervisord or the runner).
+    """
+    return tuple(argv) if nice == 0 else ("nice", "-n", str(nice), *argv)
+
+
 def program_environment(root: Path, name: str, *extra: Mapping[str, str]) -> dict[str, str]:
     """Return the environment of program NAME: a few inherited variables, `extra`, and its tag.
 

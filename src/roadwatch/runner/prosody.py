@@ -15,6 +15,7 @@ from roadwatch.runner.process import (
     Program,
     RunnerError,
     port_open,
+    prioritised,
     run_checked,
 )
 from roadwatch.runner.server import Server
@@ -86,7 +87,7 @@ class Prosody(Server):
         env[procs.MARKER] = procs.marker(self.layout.root, self.name)
         return Program(
             self.name,
-            tuple(self._as_prosody_user(argv)),
+            prioritised(self._as_prosody_user(argv), self.settings.pipeline_nice),
             env,
             self.folder,
             ports=(self.settings.xmpp_port, self.settings.bosh_port),

@@ -27,6 +27,7 @@ from roadwatch.runner.process import (
     Program,
     RunLayout,
     RunnerError,
+    prioritised,
     program_environment,
     read_pid,
     start_program,
@@ -101,7 +102,10 @@ class PythonService:
         port = port_of(self.settings) if port_of is not None else 0
         return Program(
             self.name,
-            (sys.executable, "-m", "roadwatch", command),
+            prioritised(
+                (sys.executable, "-m", "roadwatch", command),
+                self.settings.pipeline_nice if command in PIPELINE_SERVICES else 0,
+            ),
             program_environment(self.layout.root, self.name, settings_env),
             repo_dir(),
             ports=(port,) if port else (),
@@ -130,6 +134,9 @@ class PythonService:
         return self.probe()
 
 
+# The services an alert goes through, run at Settings.pipeline_nice (the API and the simulator
+# are not: an alert never waits for them).
+PIPELINE_SERVICES = frozenset({"gateway", "collector"})
 _SERVICE_PORTS: dict[str, Callable[[Settings], int]] = {
     "api": lambda s: s.api_port,
     "gateway": lambda s: s.gateway_metrics_port,
