@@ -283,13 +283,19 @@ def test_the_metrics_endpoint_shows_every_figure(
     assert missing == "404"
 
 
-def test_a_snapshot_written_by_a_child_replaces_the_journal_before_it(
-    tmp_path: Path, messages: list[Publication]
-) -> None:
+@pytest.fixture
+def dropped(tmp_path: Path, messages: list[Publication]) -> tuple[Gateway, StateStore, FakeXmpp]:
+    """A gateway fed part of the trace and then dropped (no stop): its journal still open."""
     xmpp = FakeXmpp()
     gateway = asyncio.run(run_gateway(tmp_path, messages[:300], xmpp, clean_stop=False))
-    store = gateway.state.store
-    assert store is not None
+    assert gateway.state.store is not None
+    return gateway, gateway.state.store, xmpp
+
+
+def test_a_snapshot_written_by_a_child_replaces_the_journal_before_it(
+    dropped: tuple[Gateway, StateStore, FakeXmpp],
+) -> None:
+    gateway, store, xmpp = dropped
     segments_before = store.segments()
     snapshot_in_a_child(gateway, xmpp.acknowledged())
     stats = gateway.state.stats
@@ -301,12 +307,9 @@ def test_a_snapshot_written_by_a_child_replaces_the_journal_before_it(
 
 
 def test_a_child_that_fails_keeps_the_journal_and_counts_the_failure(
-    tmp_path: Path, messages: list[Publication]
+    dropped: tuple[Gateway, StateStore, FakeXmpp],
 ) -> None:
-    xmpp = FakeXmpp()
-    gateway = asyncio.run(run_gateway(tmp_path, messages[:300], xmpp, clean_stop=False))
-    store = gateway.state.store
-    assert store is not None
+    gateway, store, xmpp = dropped
     segments_before = store.segments()
 
     def broken() -> dict[str, object]:
