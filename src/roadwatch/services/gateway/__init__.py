@@ -16,10 +16,11 @@ Concurrency: one thread, one asyncio event loop. The MQTT client decodes each re
 and calls `Gateway.handle` for every message in it, on the loop; detection takes microseconds
 per message, so nothing is gained by a second thread (the GIL would serialise it anyway) and a
 single thread needs no lock between detection, the journal, the outbox and the snapshots: a
-snapshot taken on the loop is consistent by construction. Only two things leave the loop:
-snapshot writes (a worker thread, on data captured on the loop) and database reads of the zone
-sync. Back-pressure is the loop's too: when the outbox is full the intake stops reading its
-sockets, so the broker queues instead of memory growing.
+snapshot taken at a point of the loop is consistent by construction. Only two things leave the
+loop: the periodic snapshot, written by a child process forked at such a point (journal.py:
+it holds a frozen copy of the state, so the loop is held for the fork only), and database
+reads of the zone sync (a worker thread). Back-pressure is the loop's too: when the outbox is
+full the intake stops reading its sockets, so the broker queues instead of memory growing.
 
 The acknowledgement chain end to end, and why nothing is lost, is docs/ACKNOWLEDGEMENTS.md.
 """
