@@ -345,6 +345,26 @@ def test_bad_parameters_get_a_400_naming_the_parameter(
     assert [problem["parameter"] for problem in body["detail"]] == [parameter]
 
 
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("summary", {"since": "9999-12-31T23:00:01Z"}),
+        ("summary", {"since": "9999-12-31T23:59:59.999Z"}),
+        ("summary", {"until": "1000-01-01T00:00:00.001Z"}),
+        ("hotspots", {"since": "9999-12-31T00:00:01Z"}),
+        ("hotspots", {"until": "1000-01-01T00:00:01Z"}),
+        ("timeseries", {"since": "9999-12-31T22:00:00Z", "until": "9999-12-31T23:59:59Z"}),
+    ],
+)
+def test_ranges_at_the_edges_of_what_dates_hold_are_answered_not_a_500(
+    client: httpx.Client, spread: list[Event], path: str, params: dict[str, str]
+) -> None:
+    body = get(client, path, **params)  # a 200, whatever it counts
+    for bound in ("since", "until"):
+        if bound in params:
+            assert body[bound][:19] == params[bound][:19]  # the range asked for, to the second
+
+
 def test_too_many_buckets_says_how_many_and_the_limit(client: httpx.Client) -> None:
     response = client.get(
         "/api/stats/timeseries",

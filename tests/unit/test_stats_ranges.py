@@ -13,6 +13,8 @@ from roadwatch.adapters.mysql.stats import (
     split_range,
 )
 from roadwatch.adapters.mysql.store import (
+    DATETIME_MAX_MS,
+    DATETIME_MIN_MS,
     cells_covering,
     grid_cell,
     grid_cell_bounds,
@@ -22,6 +24,28 @@ times = st.integers(-(10**14), 10**14)
 units = st.sampled_from([HOUR_MS, DAY_MS])
 lats = st.floats(-90, 90)
 lons = st.floats(-180, 180)
+
+
+@given(
+    since=st.none() | st.integers(DATETIME_MIN_MS, DATETIME_MAX_MS),
+    until=st.none() | st.integers(DATETIME_MIN_MS, DATETIME_MAX_MS),
+    unit=units,
+)
+def test_the_pieces_of_a_storable_range_are_storable(
+    since: int | None, until: int | None, unit: int
+) -> None:
+    """Up to the last millisecond of year 9999: nothing to convert past what DATETIME holds."""
+    split = split_range(TimeRange(since, until), unit)
+    for piece in [split.whole, *split.edges]:
+        if piece is not None:
+            for bound in (piece.since_ms, piece.until_ms):
+                assert bound is None or DATETIME_MIN_MS <= bound <= DATETIME_MAX_MS
+
+
+def test_a_range_from_the_last_hour_of_year_9999_is_one_raw_edge() -> None:
+    since = DATETIME_MAX_MS - 1_000  # 9999-12-31T23:59:58.999Z
+    assert split_range(TimeRange(since, None), HOUR_MS).whole is None
+    assert split_range(TimeRange(since, None), DAY_MS).edges == (TimeRange(since, None),)
 
 
 @given(since=st.none() | times, until=st.none() | times, unit=units, probe=times)

@@ -91,7 +91,8 @@ def split_range(span: TimeRange, unit_ms: int) -> RangeSplit:
         return RangeSplit(None, ())
     first = None if span.since_ms is None else ceil_to(span.since_ms, unit_ms)
     last = None if span.until_ms is None else floor_to(span.until_ms, unit_ms)
-    if first is not None and last is not None and first >= last:
+    if first is not None and (first > DATETIME_MAX_MS or (last is not None and first >= last)):
+        # No whole unit; in the last hour of year 9999 the next one is past what DATETIME holds.
         return RangeSplit(None, (span,))
     edges = []
     if span.since_ms is not None and first is not None and span.since_ms < first:
