@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -56,13 +56,14 @@ def new_event_id(started_ms: int, *origin: str) -> str:
     return time_part + rest
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
 def ms_to_rfc3339(ms: int) -> str:
     """Render epoch milliseconds as RFC 3339 UTC with millisecond precision."""
-    return (
-        datetime.fromtimestamp(ms / 1000, tz=UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    # Integer arithmetic: through a float, 9999-12-31T23:59:59.999Z came back as .998.
+    return (_EPOCH + ms * _MILLISECOND).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def rfc3339_to_ms(text: str) -> int:
@@ -73,7 +74,9 @@ def rfc3339_to_ms(text: str) -> int:
         raise InvalidEvent(f"not an RFC 3339 time: {text!r}") from exc
     if moment.tzinfo is None:
         raise InvalidEvent(f"time without a UTC offset: {text!r}")
-    return round(moment.timestamp() * 1000)
+    # Exact, in whole microseconds, rounded to the nearest millisecond (half up).
+    micros = (moment - _EPOCH) // timedelta(microseconds=1)
+    return (micros + 500) // 1000
 
 
 @dataclass(frozen=True, slots=True)
