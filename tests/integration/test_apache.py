@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -63,6 +64,16 @@ def test_home_page_is_served_with_security_headers(test_settings: Settings, apac
     assert "default-src 'self'" in csp
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert page.headers["Server"] == "Apache"  # no version
+
+
+def test_an_http_0_9_request_gets_no_page(test_settings: Settings, apache: Apache) -> None:
+    """HTTP/0.9 has no headers: Apache must not serve a page without its security headers."""
+    with socket.create_connection(("127.0.0.1", test_settings.http_port), timeout=5) as sock:
+        sock.sendall(b"GET /\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
 
 
 @pytest.mark.parametrize("path", ["/history", "/stats", "/zones", "/live/"])
