@@ -23,7 +23,9 @@ if [ "$name" = "${ROADWATCH_MQTT_GATEWAY_USER:-}" ] || [ "$name" = "${ROADWATCH_
   exit 2
 fi
 password=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
-mosquitto_passwd -b "${ROADWATCH_MOSQUITTO_DIR:?}/passwd" "$name" "$password"
+# Through standard input (printf is the shell's own): never on a command line.
+printf '%s\n%s\n' "$password" "$password" |
+  mosquitto_passwd "${ROADWATCH_MOSQUITTO_DIR:?}/passwd" "$name" >/dev/null
 # PID 1 is the container's init, which passes the signal on to the broker.
 kill -HUP 1
 printf '%s account %s may publish to %s\npassword: %s\n' "$kind" "$name" "$topic" "$password"

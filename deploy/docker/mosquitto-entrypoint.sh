@@ -29,10 +29,12 @@ set_password() {
     echo "no MQTT password for $1: set it in .env (make up generates it)" >&2
     exit 1
   fi
+  # The password goes through standard input (printf is the shell's own), never on a
+  # command line where /proc would show it.
   if [ -f "$dir/passwd" ]; then
-    mosquitto_passwd -b "$dir/passwd" "$1" "$2"
+    printf '%s\n%s\n' "$2" "$2" | mosquitto_passwd "$dir/passwd" "$1" >/dev/null
   else
-    mosquitto_passwd -c -b "$dir/passwd" "$1" "$2"
+    printf '%s\n%s\n' "$2" "$2" | mosquitto_passwd -c "$dir/passwd" "$1" >/dev/null
   fi
 }
 set_password "${ROADWATCH_MQTT_GATEWAY_USER:?}" "${ROADWATCH_MQTT_GATEWAY_PASSWORD:-}"

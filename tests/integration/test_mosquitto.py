@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -42,6 +44,32 @@ def vehicle(test_settings: Settings, mosquitto: Mosquitto) -> tuple[str, str]:
     mosquitto.reload()
     time.sleep(0.3)  # SIGHUP is asynchronous
     return station, password
+
+
+def test_a_new_account_logs_in_and_its_password_was_on_no_command_line(
+    test_settings: Settings, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commands: list[list[str]] = []
+    real_run = subprocess.run
+
+    def recorded(argv: list[str], *args: Any, **kwargs: Any) -> Any:
+        commands.append(list(argv))
+        return real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", recorded)
+    station, password = f"car-{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+    mosquitto.set_password(station, password)
+    monkeypatch.undo()
+    mosquitto.reload()
+    time.sleep(0.3)  # SIGHUP is asynchronous
+    assert any("mosquitto_passwd" in argv[0] for argv in commands)
+    assert not any(password in part for argv in commands for part in argv)
+    publisher = BlockingPublisher(endpoint(test_settings, station, password))
+    publisher.start(timeout_s=5)  # the password reached the file through standard input
+    publisher.stop()
+    # Hashes only, yet for the broker alone: no other local user reads the file.
+    assert mosquitto.passwd_file.stat().st_mode & 0o777 == 0o600
+    assert password not in mosquitto.passwd_file.read_text()
 
 
 def test_anonymous_client_is_refused(test_settings: Settings, mosquitto: Mosquitto) -> None:

@@ -62,10 +62,13 @@ class Mosquitto(Server):
         """Create or update one account in the password file (hashed by mosquitto_passwd)."""
         if not password:
             raise RunnerError(f"no MQTT password for {user}: run `make up` to generate .env")
-        argv = ["mosquitto_passwd", "-b", str(self.passwd_file), user, password]
+        argv = ["mosquitto_passwd", str(self.passwd_file), user]
         if not self.passwd_file.exists():
             argv.insert(1, "-c")
-        run_checked(argv, f"mosquitto_passwd for {user}")
+        # The password goes through standard input (asked twice), never on a command line,
+        # where any local user could read it in /proc.
+        run_checked(argv, f"mosquitto_passwd for {user}", input=f"{password}\n{password}\n")
+        self.passwd_file.chmod(0o600)  # hashes only, but for the broker's eyes alone
         self._give_to_broker()
 
     def reload(self) -> None:
