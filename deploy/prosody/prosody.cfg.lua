@@ -110,7 +110,9 @@ VirtualHost(domain)
 	-- local disk and archived once MySQL answers, instead of being bounced and lost; the
 	-- collector reads the figures (docs/DESIGN.md, "Collector: PubSub retries, archive
 	-- write failures, figures").
-	modules_enabled = { "archive_guard" }
+	-- deploy/prosody/modules: no account of this host logs in over BOSH (browsers only, and
+	-- they are anonymous on their own host).
+	modules_enabled = { "archive_guard", "bosh_fence" }
 	archive_guard_readers = { "collector@" .. domain }
 
 -- Browsers log in anonymously over BOSH; nothing of theirs is worth keeping on disk.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 import urllib.error
@@ -128,6 +129,32 @@ def test_api_docs_load_swagger_ui_from_our_server(
         asset = get(test_settings, path)
         assert asset.status == 200, path
         assert asset.headers["Content-Type"].startswith(media_type), path
+
+
+def test_service_accounts_cannot_log_in_over_bosh(
+    test_settings: Settings, apache: Apache, prosody: Prosody
+) -> None:
+    """Through Apache, as a browser would: the services' host offers and accepts no login."""
+    opening = (
+        "<body xmlns='http://jabber.org/protocol/httpbind' rid='10' "
+        f"to='{test_settings.xmpp_domain}' wait='5' hold='1' ver='1.6' "
+        "xmlns:xmpp='urn:xmpp:xbosh' xmpp:version='1.0'/>"
+    ).encode()
+    page = get(test_settings, "/http-bind", data=opening)
+    assert page.status == 200
+    assert b"sid=" in page.body
+    assert b"mechanism" not in page.body  # no SASL mechanism offered, PLAIN least of all
+    sid = page.body.split(b"sid='")[1].split(b"'")[0].decode()
+    password = test_settings.xmpp_gateway_password.get_secret_value()
+    plain = base64.b64encode(f"\0gateway\0{password}".encode()).decode()
+    attempt = (
+        f"<body xmlns='http://jabber.org/protocol/httpbind' rid='11' sid='{sid}'>"
+        f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>"
+        "</body>"
+    ).encode()
+    answer = get(test_settings, "/http-bind", data=attempt)
+    assert b"<success" not in answer.body
+    assert b"not-authorized" in answer.body
 
 
 def test_bosh_is_proxied_to_prosody(
