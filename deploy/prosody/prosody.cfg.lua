@@ -111,9 +111,12 @@ VirtualHost(domain)
 	-- collector reads the figures (docs/DESIGN.md, "Collector: PubSub retries, archive
 	-- write failures, figures").
 	-- deploy/prosody/modules: no account of this host logs in over BOSH (browsers only, and
-	-- they are anonymous on their own host).
-	modules_enabled = { "archive_guard", "bosh_fence" }
+	-- they are anonymous on their own host); only gateway@ sends messages to collector@, so no
+	-- other account fills its archive.
+	modules_enabled = { "archive_guard", "bosh_fence", "collector_inbox" }
 	archive_guard_readers = { "collector@" .. domain }
+	collector_inbox_owner = "collector@" .. domain
+	collector_inbox_sender = "gateway@" .. domain
 
 -- Browsers log in anonymously over BOSH; nothing of theirs is worth keeping on disk.
 VirtualHost(anonymous_domain)

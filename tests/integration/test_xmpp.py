@@ -123,6 +123,21 @@ def run(scenario: Awaitable[None]) -> None:
     asyncio.run(asyncio.wait_for(scenario, 90))
 
 
+def archived_copies(settings: Settings, mariadb: MariaDB, user: str, event: Event) -> int:
+    """How many messages carrying `event` the archive of USER@domain holds."""
+    with (
+        mariadb.admin_connection(settings.prosody_db_name) as conn,
+        conn.cursor() as cur,
+    ):
+        cur.execute(
+            "SELECT COUNT(*) FROM prosodyarchive WHERE host = %s AND user = %s"
+            " AND store = 'archive' AND value LIKE %s",
+            (settings.xmpp_domain, user, f"%{event.id}%"),
+        )
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 @pytest.fixture
 def xmpp(test_settings: Settings, prosody: Prosody) -> Settings:
     return test_settings
@@ -160,17 +175,7 @@ def test_only_the_collectors_copy_of_an_event_is_archived_across_prosody_restart
     """The gateway's "never archive" preference holds though Prosody keeps it in memory."""
 
     def archived(user: str, event: Event) -> int:
-        with (
-            mariadb.admin_connection(xmpp.prosody_db_name) as conn,
-            conn.cursor() as cur,
-        ):
-            cur.execute(
-                "SELECT COUNT(*) FROM prosodyarchive WHERE host = %s AND user = %s"
-                " AND store = 'archive' AND value LIKE %s",
-                (xmpp.xmpp_domain, user, f"%{event.id}%"),
-            )
-            row = cur.fetchone()
-        return int(row[0]) if row else 0
+        return archived_copies(xmpp, mariadb, user, event)
 
     async def send(event: Event) -> None:
         sender = EventSender(xmpp)
@@ -188,8 +193,8 @@ def test_only_the_collectors_copy_of_an_event_is_archived_across_prosody_restart
         assert archived("gateway", event) == 0
 
 
-def test_messages_from_other_accounts_and_bad_payloads_are_ignored(
-    xmpp: Settings, prosody: Prosody
+def test_other_accounts_cannot_message_the_collector_and_bad_payloads_are_ignored(
+    xmpp: Settings, prosody: Prosody, mariadb: MariaDB
 ) -> None:
     intruder_password = secrets.token_urlsafe(12)
     prosody.set_password("intruder", intruder_password)
@@ -205,9 +210,18 @@ def test_messages_from_other_accounts_and_bad_payloads_are_ignored(
             bad_before = receiver.stats.bad_payload
             intruder_jid = f"intruder@{xmpp.xmpp_domain}"
             async with raw_client(xmpp, intruder_jid, intruder_password) as intruder:
+                refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+                def on_error(answer: Any) -> None:
+                    if not refused.done():
+                        refused.set_result(answer["error"]["condition"])
+
+                intruder.add_event_handler("message_error", on_error)
                 message = intruder.make_message(mto=xmpp.collector_jid, mbody="x", mtype="chat")
                 message.append(event_element(forged))
                 message.send()
+                # Prosody refuses it (mod_collector_inbox): no archive copy, no delivery.
+                assert await asyncio.wait_for(refused, WAIT_S) == "not-allowed"
             gateway_password = xmpp.xmpp_gateway_password.get_secret_value()
             async with raw_client(xmpp, f"{xmpp.gateway_jid}/probe", gateway_password) as gateway:
                 garbage = gateway.make_message(mto=xmpp.collector_jid, mbody="?", mtype="chat")
@@ -219,12 +233,14 @@ def test_messages_from_other_accounts_and_bad_payloads_are_ignored(
                 good.append(event_element(marker))
                 good.send()
                 await collected.wait_for(marker.id)
-            assert receiver.stats.foreign >= foreign_before + 1
+            assert receiver.stats.foreign == foreign_before  # it never reached the collector
             assert receiver.stats.bad_payload >= bad_before + 2
             assert receiver.online  # nothing of this stopped the session
 
     run(scenario())
     assert forged.id not in collected.ids()
+    assert archived_copies(xmpp, mariadb, "collector", forged) == 0
+    assert archived_copies(xmpp, mariadb, "collector", marker) == 1
 
 
 def test_events_sent_while_the_collector_is_down_arrive_when_it_logs_in(xmpp: Settings) -> None:
