@@ -131,18 +131,24 @@ def test_api_docs_load_swagger_ui_from_our_server(
         assert asset.headers["Content-Type"].startswith(media_type), path
 
 
+def open_bosh(settings: Settings, domain: str, rid: int) -> Page:
+    """Open a BOSH session to `domain` through Apache; return the answer (stream features)."""
+    body = (
+        f"<body xmlns='http://jabber.org/protocol/httpbind' rid='{rid}' "
+        f"to='{domain}' wait='5' hold='1' ver='1.6' "
+        "xmlns:xmpp='urn:xmpp:xbosh' xmpp:version='1.0'/>"
+    ).encode()
+    page = get(settings, "/http-bind", data=body)
+    assert page.status == 200
+    assert b"sid=" in page.body
+    return page
+
+
 def test_service_accounts_cannot_log_in_over_bosh(
     test_settings: Settings, apache: Apache, prosody: Prosody
 ) -> None:
     """Through Apache, as a browser would: the services' host offers and accepts no login."""
-    opening = (
-        "<body xmlns='http://jabber.org/protocol/httpbind' rid='10' "
-        f"to='{test_settings.xmpp_domain}' wait='5' hold='1' ver='1.6' "
-        "xmlns:xmpp='urn:xmpp:xbosh' xmpp:version='1.0'/>"
-    ).encode()
-    page = get(test_settings, "/http-bind", data=opening)
-    assert page.status == 200
-    assert b"sid=" in page.body
+    page = open_bosh(test_settings, test_settings.xmpp_domain, rid=10)
     assert b"mechanism" not in page.body  # no SASL mechanism offered, PLAIN least of all
     sid = page.body.split(b"sid='")[1].split(b"'")[0].decode()
     password = test_settings.xmpp_gateway_password.get_secret_value()
@@ -160,12 +166,5 @@ def test_service_accounts_cannot_log_in_over_bosh(
 def test_bosh_is_proxied_to_prosody(
     test_settings: Settings, apache: Apache, prosody: Prosody
 ) -> None:
-    body = (
-        "<body xmlns='http://jabber.org/protocol/httpbind' rid='1' "
-        f"to='{test_settings.anonymous_domain}' wait='5' hold='1' ver='1.6' "
-        "xmlns:xmpp='urn:xmpp:xbosh' xmpp:version='1.0'/>"
-    ).encode()
-    page = get(test_settings, "/http-bind", data=body)
-    assert page.status == 200
-    assert b"sid=" in page.body
+    page = open_bosh(test_settings, test_settings.anonymous_domain, rid=1)
     assert b"ANONYMOUS" in page.body
