@@ -144,7 +144,6 @@ class Connection:
         self.client: ClientXMPP | None = None
         self.sessions = 0
         self.reconnects = 0
-        self.failed_resumptions = 0
         self._online = asyncio.Event()
         self._closing = asyncio.Event()
 
@@ -295,7 +294,6 @@ class Connection:
         """Return when a XEP-0199 ping to our server goes unanswered."""
         server = JID(client.boundjid.host)
         if check_at_once and not await self._answers_ping(client, server, RESUMED_CHECK_TIMEOUT_S):
-            self.failed_resumptions += 1
             # The next attempt starts a fresh session: resuming this one again could only
             # land on the same unresponsive session. What it held unacknowledged is sent again
             # by the sender (a fresh session) or caught up from the archive (the receiver).
