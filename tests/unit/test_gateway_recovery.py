@@ -8,7 +8,6 @@ fake XMPP server acknowledged them, so anything merely sent before the kill may 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import urllib.error
 import urllib.request
@@ -152,8 +151,7 @@ def snapshot_in_a_child(gateway: Gateway, acked: int) -> None:
     """Take a snapshot as the running service does: written by a forked child."""
     snapshot = gateway.fork_snapshot(acked)
     if snapshot is not None:
-        _, status = os.waitpid(snapshot.pid, 0)
-        gateway.state.forked_done(snapshot, os.waitstatus_to_exitcode(status))
+        gateway.state.forked_done(snapshot, snapshot.wait())
 
 
 def delivered_state(events: Sequence[Event]) -> dict[tuple[str, int], Event]:

@@ -79,6 +79,14 @@ class ForkedSnapshot:
     segment: int
     started: float
 
+    def wait(self) -> int | None:
+        """Block until the child has ended; its exit code (None if someone else reaped it)."""
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            return None
+        return os.waitstatus_to_exitcode(status)
+
 
 class StateKeeper:
     """The journal and the snapshots of one gateway (no store: nothing is kept)."""
@@ -141,12 +149,8 @@ class StateKeeper:
         `force`); None is returned otherwise.
         """
         journal = self.journal
-        if journal is None:
+        if journal is None or not self._changed_since_last(journal, acked, force):
             return None
-        records = journal.stats.records + journal.pending
-        if not force and (records, acked) == self._at_last_capture:
-            return None
-        self._at_last_capture = (records, acked)
         started = time.perf_counter()
         # The copy allocates a lot at once: collections would multiply the time the loop is
         # held, for garbage that cannot exist yet.
@@ -170,15 +174,11 @@ class StateKeeper:
         """Switch the journal to a new segment and fork a child that writes the snapshot.
 
         None when nothing changed since the last snapshot, or without a store. Call
-        `forked_done` with the child's exit code once it has ended.
+        `forked_done` with `ForkedSnapshot.wait()`'s exit code once the child has ended.
         """
         journal, store = self.journal, self.store
-        if journal is None or store is None:
+        if journal is None or store is None or not self._changed_since_last(journal, acked):
             return None
-        records = journal.stats.records + journal.pending
-        if (records, acked) == self._at_last_capture:
-            return None
-        self._at_last_capture = (records, acked)
         started = time.perf_counter()
         segment = journal.rotate()
         pid = os.fork()
@@ -200,39 +200,51 @@ class StateKeeper:
                 exit_code,
             )
             return
-        with self._save_lock:
-            if snapshot.segment <= self._saved_segment:
-                return  # a newer snapshot is already on disk
-            self._saved_segment = snapshot.segment
-            store.remove_segments_before(snapshot.segment)
-        self.stats.saved += 1
+        size = None
         with contextlib.suppress(OSError):
-            self.stats.last_bytes = store.snapshot_path.stat().st_size
-        self.stats.last_duration_s = time.perf_counter() - snapshot.started
-        self.stats.last_saved_at = time.time()
+            size = store.snapshot_path.stat().st_size
+        with self._save_lock:
+            self._saved(store, snapshot.segment, size, snapshot.started)
 
     def write(self, capture: Capture | None) -> None:
         """Write a captured snapshot atomically, then drop the journal it makes useless."""
-        if capture is None or self.store is None:
+        store = self.store
+        if capture is None or store is None:
             return
         with self._save_lock:
             if capture.segment <= self._saved_segment:
                 return  # a newer snapshot is already on disk
             started = time.perf_counter()
             try:
-                size = self.store.save_snapshot(
+                size = store.save_snapshot(
                     capture.detector, capture.outbox, capture.segment, time.time()
                 )
             except StateError as exc:
                 self.stats.failures += 1
                 log.error("gateway state: %s (the journal is kept)", exc)
                 return
-            self._saved_segment = capture.segment
-            self.store.remove_segments_before(capture.segment)
-        self.stats.saved += 1
-        self.stats.last_bytes = size
-        self.stats.last_duration_s = time.perf_counter() - started
-        self.stats.last_saved_at = time.time()
+            self._saved(store, capture.segment, size, started)
+
+    def _changed_since_last(self, journal: Journal, acked: int | None, force: bool = False) -> bool:
+        """Whether a snapshot is due: new records or acknowledgements since the last one."""
+        mark = (journal.stats.records + journal.pending, acked)
+        if not force and mark == self._at_last_capture:
+            return False
+        self._at_last_capture = mark
+        return True
+
+    def _saved(self, store: StateStore, segment: int, size: int | None, started: float) -> None:
+        """A snapshot holding the journal before `segment` is on disk (under `_save_lock`)."""
+        if segment <= self._saved_segment:
+            return  # a newer snapshot is already on disk
+        self._saved_segment = segment
+        store.remove_segments_before(segment)
+        stats = self.stats
+        stats.saved += 1
+        if size is not None:
+            stats.last_bytes = size
+        stats.last_duration_s = time.perf_counter() - started
+        stats.last_saved_at = time.time()
 
     def close(self) -> None:
         if self.journal is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -14,7 +13,7 @@ from roadwatch.adapters.metrics import MetricsServer
 from roadwatch.adapters.state import StateStore
 from roadwatch.adapters.xmpp import EventSender
 from roadwatch.services.gateway.intake import Intake
-from roadwatch.services.gateway.journal import JOURNAL_FLUSH_S
+from roadwatch.services.gateway.journal import JOURNAL_FLUSH_S, ForkedSnapshot
 from roadwatch.services.gateway.metrics import GatewayMetrics, health
 from roadwatch.services.gateway.partitioning import check_margin
 from roadwatch.services.gateway.pipeline import Gateway
@@ -71,8 +70,8 @@ class GatewayService:
             ),
         )
         self._snapshotter: asyncio.Task[None] | None = None
-        # The pid of the child writing a snapshot, while it runs.
-        self._snapshot_child: int | None = None
+        # The child writing a snapshot, while it runs.
+        self._snapshot_child: ForkedSnapshot | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Recover the state, connect, detect until `stop` is set, then stop in order."""
@@ -135,7 +134,7 @@ class GatewayService:
             self._snapshotter.cancel()  # the last snapshot is taken below
         if self._snapshot_child is not None:
             # Its snapshot must not replace the last one, written below.
-            await asyncio.to_thread(_wait_for_child, self._snapshot_child)
+            await asyncio.to_thread(self._snapshot_child.wait)
         await self.intake.close()
         if intake is not None:
             intake.cancel()
@@ -168,8 +167,8 @@ class GatewayService:
             forked = self.gateway.fork_snapshot(self.sink.acknowledged())
             if forked is None:
                 continue
-            self._snapshot_child = forked.pid
-            exit_code = await asyncio.to_thread(_wait_for_child, forked.pid)
+            self._snapshot_child = forked
+            exit_code = await asyncio.to_thread(forked.wait)
             self._snapshot_child = None
             self.gateway.state.forked_done(forked, exit_code)
 
@@ -227,12 +226,3 @@ async def run(settings: Settings) -> None:
 def main(settings: Settings) -> None:
     """Entry point of `roadwatch gateway`."""
     asyncio.run(run(settings))
-
-
-def _wait_for_child(pid: int) -> int | None:
-    """Wait for a forked child to end; its exit code (None if someone else reaped it)."""
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        return None
-    return os.waitstatus_to_exitcode(status)
