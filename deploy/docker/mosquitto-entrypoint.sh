@@ -29,13 +29,12 @@ set_password() {
     echo "no MQTT password for $1: set it in .env (make up generates it)" >&2
     exit 1
   fi
+  create=
+  [ -f "$dir/passwd" ] || create=-c
   # The password goes through standard input (printf is the shell's own), never on a
   # command line where /proc would show it.
-  if [ -f "$dir/passwd" ]; then
-    printf '%s\n%s\n' "$2" "$2" | mosquitto_passwd "$dir/passwd" "$1" >/dev/null
-  else
-    printf '%s\n%s\n' "$2" "$2" | mosquitto_passwd -c "$dir/passwd" "$1" >/dev/null
-  fi
+  # shellcheck disable=SC2086 # unquoted on purpose: empty, it is no argument at all
+  printf '%s\n%s\n' "$2" "$2" | mosquitto_passwd $create "$dir/passwd" "$1" >/dev/null
 }
 set_password "${ROADWATCH_MQTT_GATEWAY_USER:?}" "${ROADWATCH_MQTT_GATEWAY_PASSWORD:-}"
 set_password "${ROADWATCH_MQTT_FLEET_USER:?}" "${ROADWATCH_MQTT_FLEET_PASSWORD:-}"

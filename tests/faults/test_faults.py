@@ -134,9 +134,10 @@ def differences(stored: dict[str, Event], expected: dict[str, Event]) -> list[tu
 
 def in_session_order(journaled: list[Cam | Denm], published: list[MessageKey]) -> bool:
     """Whether the CAMs, and the DENMs, reached the detector in the order they were published."""
-    arrived = set(map(message_key, journaled))
+    taken = list(map(message_key, journaled))
+    arrived = set(taken)
     for kind in ("c", "d"):
-        got = [key for key in map(message_key, journaled) if key[0] == kind]
+        got = [key for key in taken if key[0] == kind]
         sent = [key for key in published if key[0] == kind and key in arrived]
         if got != sent:
             return False
@@ -149,7 +150,8 @@ def denm_lead_s(journaled: list[Cam | Denm]) -> float:
     newest_cam_ms: int | None = None
     for message in journaled:
         if isinstance(message, Cam):
-            newest_cam_ms = max(newest_cam_ms or message.timestamp_ms, message.timestamp_ms)
+            if newest_cam_ms is None or message.timestamp_ms > newest_cam_ms:
+                newest_cam_ms = message.timestamp_ms
         elif newest_cam_ms is not None:
             lead_ms = max(lead_ms, message.timestamp_ms - newest_cam_ms)
     return lead_ms / 1000

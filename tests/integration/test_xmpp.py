@@ -174,9 +174,6 @@ def test_only_the_collectors_copy_of_an_event_is_archived_across_prosody_restart
 ) -> None:
     """The gateway's "never archive" preference holds though Prosody keeps it in memory."""
 
-    def archived(user: str, event: Event) -> int:
-        return archived_copies(xmpp, mariadb, user, event)
-
     async def send(event: Event) -> None:
         sender = EventSender(xmpp)
         async with running(sender):
@@ -189,8 +186,8 @@ def test_only_the_collectors_copy_of_an_event_is_archived_across_prosody_restart
     prosody.start()
     run(send(after))
     for event in (before, after):
-        assert archived("collector", event) == 1
-        assert archived("gateway", event) == 0
+        assert archived_copies(xmpp, mariadb, "collector", event) == 1
+        assert archived_copies(xmpp, mariadb, "gateway", event) == 0
 
 
 def test_other_accounts_cannot_message_the_collector_and_bad_payloads_are_ignored(
