@@ -56,11 +56,21 @@ class Step:
     drained: bool
     lag_s: float
     events: int
-    gateway_cpu: float
-    mosquitto_cpu: float
-    collector_cpu: float
+    # % of one core per part of CPU_PARTS, and of the publishers.
+    cpu: dict[str, float]
     publishers_cpu: float
     load: str
+
+
+# Column heading -> the processes whose CPU it shows: every server and service on the way of
+# a message, so that each stage's cost is on the line of the step that loads it.
+CPU_PARTS = {
+    "gateway": "gateway",
+    "broker": "mosquitto",
+    "prosody": "prosody",
+    "collect": "collector",
+    "mariadb": "mariadb",
+}
 
 
 def _events(metrics: dict[str, float]) -> int:
@@ -71,9 +81,8 @@ def _step(
     system: PrivateSystem, publishers: Publishers, label: str, rate: float, duration_s: float
 ) -> Step:
     pids = {
-        "gateway": system.gateway_pids(),
-        "mosquitto": [system.pid("mosquitto")],
-        "collector": [system.pid("collector")],
+        name: system.gateway_pids() if name == "gateway" else [system.pid(name)]
+        for name in CPU_PARTS.values()
     }
     stations = min(POPULATION, round(rate)) if rate else POPULATION
     before = system.gateway_metrics()
@@ -102,9 +111,7 @@ def _step(
         drained=drained,
         lag_s=max(0.0, settled - ended),
         events=_events(after) - _events(before),
-        gateway_cpu=cpu_used["gateway"] / window_s * 100,
-        mosquitto_cpu=cpu_used["mosquitto"] / window_s * 100,
-        collector_cpu=cpu_used["collector"] / window_s * 100,
+        cpu={name: used / window_s * 100 for name, used in cpu_used.items()},
         publishers_cpu=sum(result.cpu_s for result in results) / window_s * 100,
         load=load_average(),
     )
@@ -113,15 +120,17 @@ def _step(
 def _print(steps: list[Step]) -> None:
     print(
         f"  {'target':>12}  {'published/s':>11}  {'gateway/s':>9}  {'loss':>7}  {'lag s':>5}"
-        f"  {'events':>6}  {'gateway':>7}  {'broker':>6}  {'collect':>7}  {'pub.':>4}  {'load':>9}"
+        f"  {'events':>6}  "
+        + "  ".join(f"{heading:>7}" for heading in CPU_PARTS)
+        + f"  {'pub.':>4}  {'load':>9}"
     )
     for step in steps:
         print(
             f"  {step.label:>12}  {step.publish_rate:11,.0f}  {step.gateway_rate:9,.0f}"
             f"  {step.loss * 100:6.2f}{'%' if step.drained else '*'}"
-            f"  {step.lag_s:5.1f}  {step.events:6,}"
-            f"  {step.gateway_cpu:6.0f}%  {step.mosquitto_cpu:5.0f}%  {step.collector_cpu:6.0f}%"
-            f"  {step.publishers_cpu:3.0f}%  {step.load:>9}"
+            f"  {step.lag_s:5.1f}  {step.events:6,}  "
+            + "  ".join(f"{step.cpu[name]:6.0f}%" for name in CPU_PARTS.values())
+            + f"  {step.publishers_cpu:3.0f}%  {step.load:>9}"
         )
 
 
@@ -142,8 +151,8 @@ def throughput(system: PrivateSystem, publishers: Publishers) -> None:
         "  gateway/s: messages the gateway received while they were published; loss: not "
         "received once the broker's backlog drained (*: still draining after "
         f"{DRAIN_TIMEOUT_S:.0f} s); lag: how long that backlog took; CPU in % of one core "
-        "(broker: Mosquitto, pub.: the publishers); load: load average (1 / 5 min) after "
-        "the step"
+        "(broker: Mosquitto, collect: the collector, pub.: the publishers); load: load "
+        "average (1 / 5 min) after the step"
     )
     kept_up = [
         step.publish_rate
