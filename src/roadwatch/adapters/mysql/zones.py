@@ -42,6 +42,7 @@ _BUMP_REVISION = (
     "ON DUPLICATE KEY UPDATE revision = revision + 1"
 )
 _SELECT_REVISION = "SELECT revision FROM zone_revision WHERE id = 1"
+_LOCK_REVISION = f"{_SELECT_REVISION} FOR UPDATE"
 # The latest zone event of each station for one zone (ties on time broken by the sortable id);
 # the station is inside when that event is an enter. Covered by idx_events_zone_type_started.
 _OCCUPANCY = (
@@ -180,6 +181,9 @@ class ZoneStore(SourceStore):
         row = _zone_row(zone)
 
         def work(cur: Cursor) -> bool:
+            # Every zone writer locks the revision row first: writers take turns instead of
+            # deadlocking on the gap locks of zone ids not yet stored.
+            cur.execute(_LOCK_REVISION)
             cur.execute("SELECT 1 FROM zones WHERE id = %s FOR UPDATE", (zone.id,))
             created = cur.fetchone() is None
             cur.execute(_UPSERT_ZONE, row)
@@ -194,6 +198,7 @@ class ZoneStore(SourceStore):
             return False
 
         def work(cur: Cursor) -> bool:
+            cur.execute(_LOCK_REVISION)
             deleted = cur.execute("DELETE FROM zones WHERE id = %s", (zone_id,)) > 0
             if deleted:
                 cur.execute(_BUMP_REVISION)
@@ -212,7 +217,7 @@ class ZoneStore(SourceStore):
 
         def work(cur: Cursor) -> bool:
             # The row lock makes concurrent seeders take turns: one seeds, the others see 1.
-            cur.execute(f"{_SELECT_REVISION} FOR UPDATE")
+            cur.execute(_LOCK_REVISION)
             found = cur.fetchone()
             if found is not None and int(found[0]) != 0:
                 return False
