@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
-import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +16,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _configure_logging(level: str) -> None:
@@ -179,23 +176,47 @@ def _cmd_supervisorctl(args: argparse.Namespace) -> int:
 
 
 def _cmd_accounts(args: argparse.Namespace) -> int:
-    from roadwatch.runner.mosquitto import Mosquitto  # noqa: PLC0415
-    from roadwatch.runner.process import RunLayout  # noqa: PLC0415
+    from roadwatch.adapters.accounts import RegistryError  # noqa: PLC0415
+    from roadwatch.domain.accounts import AccountKind, Trust  # noqa: PLC0415
+    from roadwatch.runner.accounts import AccountManager  # noqa: PLC0415
+    from roadwatch.runner.process import RunnerError  # noqa: PLC0415
 
-    settings = _settings(args)
-    name = args.id
-    if not STATION_ID.fullmatch(name):
-        log.error("an account name is 1 to 64 characters of A-Z a-z 0-9 _ - (SPEC §2)")
+    manager = AccountManager(_settings(args))
+    out = sys.stdout
+    try:
+        if args.action == "list":
+            accounts = manager.accounts()
+            out.write(f"{'NAME':<24} {'KIND':<10} {'TRUST':<10} MAY PUBLISH\n")
+            prefix = manager.settings.its_prefix
+            for account in accounts:
+                topics = ", ".join(account.may_publish(prefix)) or "(XMPP: reads the alerts)"
+                out.write(f"{account.name:<24} {account.kind:<10} {account.trust:<10} {topics}\n")
+            out.write(f"{len(accounts)} accounts\n")
+            return 0
+        if args.action == "remove":
+            removed = manager.remove(args.name)
+            out.write(f"{removed.kind} account {removed.name} removed\n")
+            return 0
+        if args.action == "add":
+            trust = Trust(args.trust) if args.trust else None
+            made = manager.add(AccountKind(args.kind), args.name, trust)
+        else:
+            made = manager.rotate(args.name)
+    except (RegistryError, RunnerError) as exc:
+        log.error("%s", exc)
         return 2
-    if name in (settings.mqtt_gateway_user, settings.mqtt_fleet_user):
-        log.error("%s is reserved for a RoadWatch service", name)
-        return 2
-    password = secrets.token_urlsafe(18)
-    broker = Mosquitto(settings, RunLayout(settings.run_dir))
-    broker.set_password(name, password)
-    broker.reload()
-    topic = f"vehicles/{name}/#" if args.kind == "vehicle" else f"owntracks/{name}/#"
-    sys.stdout.write(f"{args.kind} account {name} may publish to {topic}\npassword: {password}\n")
+    account = made.account
+    topics = ", ".join(account.may_publish(manager.settings.its_prefix))
+    if account.kind.is_mqtt:
+        out.write(
+            f"{account.kind} account {account.name} ({account.trust}) may publish to {topics}\n"
+        )
+    else:
+        out.write(
+            f"XMPP account {account.name}@{manager.settings.xmpp_domain} follows the alerts\n"
+        )
+    # Shown once: it is kept nowhere but as a hash.
+    out.write(f"password: {made.password}\n")
     return 0
 
 
@@ -308,12 +329,30 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("arguments", nargs=argparse.REMAINDER, help="supervisorctl's own arguments")
     ctl.set_defaults(handler=_cmd_supervisorctl)
 
-    accounts = sub.add_parser("accounts", help="manage MQTT accounts")
+    accounts = sub.add_parser(
+        "accounts", help="manage the accounts of vehicles, phones, ITS clients and followers"
+    )
     accounts_sub = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = accounts_sub.add_parser("add", help="create an account and print its password")
-    add.add_argument("kind", choices=("vehicle", "owntracks"))
-    add.add_argument("id", help="the stationId (vehicle) or OwnTracks user name")
-    add.set_defaults(handler=_cmd_accounts)
+    add = accounts_sub.add_parser("add", help="create an account and print its password once")
+    add.add_argument(
+        "kind",
+        choices=("vehicle", "emergency", "operator", "phone", "its", "follower"),
+        help="what the account is: it alone decides what it may publish and its trust",
+    )
+    add.add_argument("name", help="the stationId, OwnTracks user, its-client uuid or XMPP name")
+    add.add_argument(
+        "--trust",
+        choices=("ordinary", "emergency", "operator"),
+        help="for an `its` account: the trust it is provisioned with (default ordinary)",
+    )
+    accounts_sub.add_parser("list", help="every account with its kind and topics")
+    for action, text in (
+        ("remove", "delete an account"),
+        ("rotate", "give an account a new password and print it once"),
+    ):
+        cmd = accounts_sub.add_parser(action, help=text)
+        cmd.add_argument("name")
+    accounts.set_defaults(handler=_cmd_accounts)
     return parser
 
 

@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     mqtt_fleet_password: SecretStr = SecretStr("")
     # Broker-side queue for the gateway's persistent session; see FACTS on max_queued_messages.
     mqtt_gateway_client_id: str = "roadwatch-gateway"
+    # The account registry (adapters/accounts.py): kinds, trust, MQTT hashes and ACL sections.
+    # Unset, it is `accounts/` in the run folder.
+    accounts_dir: Path | None = None
+    # SPEC §2's one exception: the stationType declared for a station no account owns (only the
+    # fleet account may publish there) is believed. Off, such stations are never trusted.
+    fleet_declared_trust: bool = True
+    # The topic prefix of its-client accounts (`{prefix}/inQueue/v2x/...`, SPEC §2).
+    its_prefix: str = Field("its", pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
     # XMPP (SPEC §5)
     xmpp_domain: str = "roadwatch.local"
@@ -177,6 +185,10 @@ class Settings(BaseSettings):
                 text = str(value)
             env[f"ROADWATCH_{name.upper()}"] = text
         return env
+
+    @property
+    def account_folder(self) -> Path:
+        return self.accounts_dir if self.accounts_dir is not None else self.run_dir / "accounts"
 
     @property
     def gateway_jid(self) -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +18,9 @@ from roadwatch.adapters.mqtt import (
     MqttError,
     MqttPublishRefused,
 )
+from roadwatch.adapters.accounts import RegistryError
+from roadwatch.domain.accounts import AccountKind
+from roadwatch.runner.accounts import AccountManager
 from roadwatch.runner.mosquitto import Mosquitto
 from roadwatch.settings import Settings
 from tests.integration.mqtt_inbox import Inbox, fleet_endpoint, gateway_endpoint
@@ -36,40 +40,56 @@ def gateway_inbox(test_settings: Settings, mosquitto: Mosquitto) -> Iterator[Inb
 
 
 @pytest.fixture
-def vehicle(test_settings: Settings, mosquitto: Mosquitto) -> tuple[str, str]:
+def accounts(test_settings: Settings, mosquitto: Mosquitto) -> AccountManager:
+    """`roadwatch accounts` on the test broker."""
+    return AccountManager(test_settings)
+
+
+def provisioned(accounts: AccountManager, kind: AccountKind, prefix: str) -> tuple[str, str]:
+    made = accounts.add(kind, f"{prefix}-{secrets.token_hex(3)}")
+    return made.account.name, made.password
+
+
+@pytest.fixture
+def vehicle(accounts: AccountManager) -> tuple[str, str]:
     """A freshly provisioned vehicle account: (station id, password)."""
-    station = f"car-{secrets.token_hex(3)}"
-    password = secrets.token_urlsafe(12)
-    mosquitto.set_password(station, password)
-    mosquitto.reload()
-    time.sleep(0.3)  # SIGHUP is asynchronous
-    return station, password
+    return provisioned(accounts, AccountKind.VEHICLE, "car")
 
 
-def test_a_new_account_logs_in_and_its_password_was_on_no_command_line(
-    test_settings: Settings, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def phone(accounts: AccountManager) -> tuple[str, str]:
+    """A freshly provisioned OwnTracks account: (user, password)."""
+    return provisioned(accounts, AccountKind.PHONE, "ot")
+
+
+def test_a_new_account_logs_in_and_its_password_is_on_no_command_line_log_or_open_file(
+    test_settings: Settings,
+    mosquitto: Mosquitto,
+    accounts: AccountManager,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     commands: list[list[str]] = []
-    real_run = subprocess.run
+    real_popen = subprocess.Popen
 
     def recorded(argv: list[str], *args: Any, **kwargs: Any) -> Any:
-        commands.append(list(argv))
-        return real_run(argv, *args, **kwargs)
+        commands.append([str(part) for part in argv])
+        return real_popen(argv, *args, **kwargs)
 
-    monkeypatch.setattr(subprocess, "run", recorded)
-    station, password = f"car-{secrets.token_hex(3)}", secrets.token_urlsafe(12)
-    mosquitto.set_password(station, password)
+    monkeypatch.setattr(subprocess, "Popen", recorded)
+    caplog.set_level(logging.DEBUG)
+    station, password = provisioned(accounts, AccountKind.VEHICLE, "car")
     monkeypatch.undo()
-    mosquitto.reload()
-    time.sleep(0.3)  # SIGHUP is asynchronous
-    assert any("mosquitto_passwd" in argv[0] for argv in commands)
     assert not any(password in part for argv in commands for part in argv)
+    assert password not in caplog.text
     publisher = BlockingPublisher(endpoint(test_settings, station, password))
-    publisher.start(timeout_s=5)  # the password reached the file through standard input
+    publisher.start(timeout_s=5)
     publisher.stop()
-    # Hashes only, yet for the broker alone: no other local user reads the file.
-    assert mosquitto.passwd_file.stat().st_mode & 0o777 == 0o600
-    assert password not in mosquitto.passwd_file.read_text()
+    # Hashes only, yet for the broker alone: no other local user reads them.
+    for hashes in (accounts.registry.passwd_file, mosquitto.passwd_file):
+        assert hashes.stat().st_mode & 0o777 == 0o600
+        assert password not in hashes.read_text()
+    assert password not in accounts.registry.registry_file.read_text()
 
 
 def test_anonymous_client_is_refused(test_settings: Settings, mosquitto: Mosquitto) -> None:
@@ -158,3 +178,140 @@ def test_vehicle_cannot_read_other_vehicles(
             assert spy.quiet(1.0) == []
         finally:
             fleet.stop()
+
+
+def publish_outcomes(
+    settings: Settings, user: str, password: str, topics: list[str]
+) -> dict[str, str]:
+    """Publish once at QoS 1 on each topic; return each topic's outcome: ok or refused."""
+    client = BlockingPublisher(endpoint(settings, user, password))
+    client.start(timeout_s=5)
+    outcomes: dict[str, str] = {}
+    try:
+        for topic in topics:
+            delivery = client.publish(topic, b"{}", qos=1)
+            assert delivery is not None
+            try:
+                delivery.wait(5)
+                outcomes[topic] = "ok"
+            except MqttPublishRefused:
+                outcomes[topic] = "refused"
+    finally:
+        client.stop()
+    return outcomes
+
+
+def test_each_kind_publishes_only_its_own_tree(
+    test_settings: Settings, accounts: AccountManager
+) -> None:
+    everything = (
+        (topic, 1) for topic in ("vehicles/#", "owntracks/#", f"{test_settings.its_prefix}/#")
+    )
+    with Inbox(gateway_endpoint(test_settings), tuple(everything)) as gateway_inbox:
+        each_kind_publishes_only_its_own_tree(test_settings, gateway_inbox, accounts)
+
+
+def each_kind_publishes_only_its_own_tree(
+    test_settings: Settings, gateway_inbox: Inbox, accounts: AccountManager
+) -> None:
+    car, car_password = provisioned(accounts, AccountKind.VEHICLE, "car")
+    user, phone_password = provisioned(accounts, AccountKind.PHONE, "ot")
+    its, its_password = provisioned(accounts, AccountKind.ITS, "its")
+    prefix = test_settings.its_prefix
+    assert publish_outcomes(
+        test_settings,
+        car,
+        car_password,
+        [f"vehicles/{car}/denm", f"owntracks/{car}/phone", f"{prefix}/inQueue/v2x/denm/{car}/1"],
+    ) == {
+        f"vehicles/{car}/denm": "ok",
+        f"owntracks/{car}/phone": "refused",
+        f"{prefix}/inQueue/v2x/denm/{car}/1": "refused",
+    }
+    # Once, an OwnTracks account raised an accident alone with a DENM under vehicles/ot-x/.
+    assert publish_outcomes(
+        test_settings,
+        user,
+        phone_password,
+        [f"owntracks/{user}/phone", f"vehicles/{user}/denm", f"vehicles/{user}/cam"],
+    ) == {
+        f"owntracks/{user}/phone": "ok",
+        f"vehicles/{user}/denm": "refused",
+        f"vehicles/{user}/cam": "refused",
+    }
+    assert publish_outcomes(
+        test_settings,
+        its,
+        its_password,
+        [
+            f"{prefix}/inQueue/v2x/cam/{its}/1/2",
+            f"{prefix}/outQueue/v2x/denm/x",
+            f"vehicles/{its}/cam",
+        ],
+    ) == {
+        f"{prefix}/inQueue/v2x/cam/{its}/1/2": "ok",
+        f"{prefix}/outQueue/v2x/denm/x": "refused",
+        f"vehicles/{its}/cam": "refused",
+    }
+    received = {topic for topic, _payload, _qos in gateway_inbox.quiet(0.5)}
+    assert f"vehicles/{car}/denm" in received
+    assert f"owntracks/{user}/phone" in received
+    assert (
+        not {f"vehicles/{user}/denm", f"vehicles/{user}/cam", f"owntracks/{car}/phone"} & received
+    )
+
+
+def test_a_phone_reads_nothing(
+    test_settings: Settings, accounts: AccountManager, phone: tuple[str, str]
+) -> None:
+    user, password = phone
+    with Inbox(endpoint(test_settings, user, password), (("#", 0),)) as spy:
+        fleet = BlockingPublisher(fleet_endpoint(test_settings))
+        fleet.start()
+        try:
+            delivery = fleet.publish("vehicles/other/cam", b"private", qos=1)
+            assert delivery is not None
+            delivery.wait(5)
+            assert spy.quiet(1.0) == []
+        finally:
+            fleet.stop()
+
+
+def test_a_removed_account_is_refused_and_a_rotated_password_replaces_the_old(
+    test_settings: Settings, accounts: AccountManager, vehicle: tuple[str, str]
+) -> None:
+    station, old_password = vehicle
+    live = BlockingPublisher(endpoint(test_settings, station, old_password))
+    live.start(timeout_s=5)
+    new_password = accounts.rotate(station).password
+    # The session opened with the old password ends too, not only new logins.
+    wait_until(lambda: not live.is_connected(), 3)
+    live.stop()
+    with pytest.raises(MqttAuthError):
+        BlockingPublisher(endpoint(test_settings, station, old_password)).start(timeout_s=5)
+    live = BlockingPublisher(endpoint(test_settings, station, new_password))
+    live.start(timeout_s=5)
+    accounts.remove(station)
+    wait_until(lambda: not live.is_connected(), 3)
+    live.stop()
+    with pytest.raises(MqttAuthError):
+        BlockingPublisher(endpoint(test_settings, station, new_password)).start(timeout_s=5)
+    assert station not in {account.name for account in accounts.accounts()}
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_name_is_one_account_and_service_names_are_reserved(
+    test_settings: Settings, accounts: AccountManager, vehicle: tuple[str, str]
+) -> None:
+    station, _password = vehicle
+    with pytest.raises(RegistryError, match="already exists"):
+        accounts.add(AccountKind.PHONE, station)
+    for reserved in (test_settings.mqtt_fleet_user, test_settings.mqtt_gateway_user, "collector"):
+        with pytest.raises(RegistryError, match="reserved"):
+            accounts.add(AccountKind.VEHICLE, reserved)

@@ -16,7 +16,9 @@ from roadwatch.domain.messages import (
     Rejected,
     RejectReason,
     Termination,
+    is_station_id,
     parse_message,
+    phone_station_id,
 )
 
 NOW_MS = 1_700_000_000_000
@@ -125,7 +127,7 @@ def test_unknown_extra_fields_are_ignored() -> None:
 
 def test_owntracks_location_becomes_a_passenger_car_cam() -> None:
     assert parse("owntracks/alice/phone", owntracks_payload()) == Cam(
-        station_id="alice-phone",
+        station_id="alice.phone",
         station_type=5,
         timestamp_ms=(NOW_MS // 1000 - 5) * 1000,
         lat=45.75,
@@ -162,6 +164,28 @@ def test_owntracks_sub_topics_are_ignored() -> None:
 def test_owntracks_without_type_is_missing_a_field() -> None:
     payload = without(owntracks_payload(), "_type")
     assert rejection("owntracks/alice/phone", payload) == RejectReason.MISSING_FIELD
+
+
+def test_phone_stations_never_equal_a_vehicle_nor_each_other() -> None:
+    # Once "tr8310-car" for both; and user a / device b-c was user a-b / device c.
+    phone = parse("owntracks/tr8310/car", owntracks_payload())
+    assert phone.station_id == "tr8310.car"
+    assert not is_station_id(phone.station_id)
+    assert parse("owntracks/a/b-c", owntracks_payload()).station_id != (
+        parse("owntracks/a-b/c", owntracks_payload()).station_id
+    )
+
+
+@given(
+    st.from_regex(r"[A-Za-z0-9_-]{1,30}", fullmatch=True),
+    st.from_regex(r"[A-Za-z0-9_-]{1,30}", fullmatch=True),
+    st.from_regex(r"[A-Za-z0-9_-]{1,30}", fullmatch=True),
+    st.from_regex(r"[A-Za-z0-9_-]{1,30}", fullmatch=True),
+)
+def test_phone_station_ids_are_one_to_one(user: str, device: str, user2: str, device2: str) -> None:
+    first = phone_station_id(user, device)
+    assert not is_station_id(first)
+    assert (first == phone_station_id(user2, device2)) == ((user, device) == (user2, device2))
 
 
 def test_owntracks_station_id_longer_than_64_is_refused() -> None:

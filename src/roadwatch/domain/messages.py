@@ -18,6 +18,8 @@ OWNTRACKS_STATION_TYPE = 5
 MAX_STATION_ID_LEN = 64
 
 _STATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# SPEC §2: phones' stations live in their own namespace, marked by a character no vehicle has.
+PHONE_SEPARATOR = "."
 # ETSI TS 102 894-2 encodes StationType, CauseCode and SubCauseCode on 0..255.
 _BYTE_MAX = 255
 
@@ -80,6 +82,15 @@ class Denm:
     termination: Termination | None = None
 
 
+def phone_station_id(user: str, device: str) -> str:
+    """The station of an OwnTracks device: `{user}.{device}`, in the phones' own namespace.
+
+    No vehicle stationId holds a dot, and neither user nor device may, so a phone can equal
+    neither a vehicle nor another user's device.
+    """
+    return f"{user}{PHONE_SEPARATOR}{device}"
+
+
 def is_station_id(value: str) -> bool:
     """Tell whether `value` is a valid stationId: 1 to 64 characters of [A-Za-z0-9_-]."""
     return _STATION_ID.fullmatch(value) is not None
@@ -113,9 +124,9 @@ def parse_message(
         if len(parts) > 3:
             # OwnTracks sub-topics (…/event, …/info, …/cmd) carry no location.
             raise Rejected(RejectReason.IGNORED_TYPE, "OwnTracks sub-topic")
-        station_id = f"{user}-{device}"
+        station_id = phone_station_id(user, device)
         if len(station_id) > MAX_STATION_ID_LEN:
-            raise Rejected(RejectReason.BAD_STATION_ID, "OwnTracks user-device is too long")
+            raise Rejected(RejectReason.BAD_STATION_ID, "OwnTracks user.device is too long")
         return _parse_owntracks(_load(payload), station_id, now_ms + future_tolerance_ms)
     raise Rejected(RejectReason.BAD_TOPIC, "not a vehicles/ or owntracks/ topic")
 

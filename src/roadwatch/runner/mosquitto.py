@@ -9,13 +9,17 @@ import shutil
 import signal
 from pathlib import Path
 
+from roadwatch.adapters.accounts import (
+    AccountRegistry,
+    mosquitto_password_hash,
+    write_atomically,
+)
 from roadwatch.runner.process import (
     Program,
     RunnerError,
     port_open,
     prioritised,
     program_environment,
-    run_checked,
 )
 from roadwatch.runner.server import Server
 from roadwatch.runner.templates import deploy_dir, render_file
@@ -36,6 +40,14 @@ class Mosquitto(Server):
     def passwd_file(self) -> Path:
         return self.folder / "passwd"
 
+    @property
+    def acl_file(self) -> Path:
+        return self.folder / "acl"
+
+    @property
+    def registry(self) -> AccountRegistry:
+        return AccountRegistry(self.settings.account_folder, self.settings.its_prefix)
+
     def environment(self) -> dict[str, str]:
         env = self.settings.as_environment()
         env["ROADWATCH_MOSQUITTO_DIR"] = str(self.folder)
@@ -46,30 +58,47 @@ class Mosquitto(Server):
         return self.folder / "mosquitto.conf"
 
     def prepare(self) -> None:
-        """Render the config and ACL and make sure the service accounts exist."""
+        """Render the config, and the password file and ACL of the services and accounts."""
         env = self.environment()
         render_file(deploy_dir() / "mosquitto" / "mosquitto.conf", self.config_file, env)
-        render_file(deploy_dir() / "mosquitto" / "acl", self.folder / "acl", env, mode=0o640)
-        self.set_password(
-            self.settings.mqtt_gateway_user, self.settings.mqtt_gateway_password.get_secret_value()
-        )
-        self.set_password(
-            self.settings.mqtt_fleet_user, self.settings.mqtt_fleet_password.get_secret_value()
-        )
+        render_file(deploy_dir() / "mosquitto" / "acl", self._services_acl, env, mode=0o600)
+        services = []
+        for user, secret in (
+            (self.settings.mqtt_gateway_user, self.settings.mqtt_gateway_password),
+            (self.settings.mqtt_fleet_user, self.settings.mqtt_fleet_password),
+        ):
+            if not secret.get_secret_value():
+                raise RunnerError(f"no MQTT password for {user}: run `make up` to generate .env")
+            services.append(f"{user}:{mosquitto_password_hash(secret.get_secret_value())}\n")
+        write_atomically(self._services_passwd, "".join(services).encode(), 0o600)
+        self.registry.ensure()
+        self.apply_accounts()
+
+    def apply_accounts(self) -> None:
+        """Write the broker's password file and ACL: the services' and then the registry's.
+
+        A running broker sees them after `reload()`.
+        """
+        registry = self.registry
+        for combined, parts, mode in (
+            (self.passwd_file, (self._services_passwd, registry.passwd_file), 0o600),
+            (self.acl_file, (self._services_acl, registry.acl_file), 0o600),
+        ):
+            text = "".join(part.read_text() for part in parts if part.exists())
+            write_atomically(combined, text.encode(), mode)
         self._give_to_broker()
 
-    def set_password(self, user: str, password: str) -> None:
-        """Create or update one account in the password file (hashed by mosquitto_passwd)."""
-        if not password:
-            raise RunnerError(f"no MQTT password for {user}: run `make up` to generate .env")
-        argv = ["mosquitto_passwd", str(self.passwd_file), user]
-        if not self.passwd_file.exists():
-            argv.insert(1, "-c")
-        # The password goes through standard input (asked twice), never on a command line,
-        # where any local user could read it in /proc.
-        run_checked(argv, f"mosquitto_passwd for {user}", input=f"{password}\n{password}\n")
-        self.passwd_file.chmod(0o600)  # hashes only, but for the broker's eyes alone
-        self._give_to_broker()
+    def prepared(self) -> bool:
+        """Tell whether `prepare()` made this broker's files in this run folder."""
+        return self._services_passwd.exists()
+
+    @property
+    def _services_passwd(self) -> Path:
+        return self.folder / "passwd.services"
+
+    @property
+    def _services_acl(self) -> Path:
+        return self.folder / "acl.services"
 
     def reload(self) -> None:
         """Make the running broker re-read its password file and ACL."""

@@ -47,6 +47,13 @@ _OPTIONAL_VARIABLES = (
     "ROADWATCH_PROSODY_SMACKS_HIBERNATION_S",
     "ROADWATCH_PROSODY_ARCHIVE_EXPIRES",
     "ROADWATCH_PUBSUB_MAX_ITEMS",
+    # Bounds on ordinary accounts (deploy/prosody/modules/mod_account_limits.lua).
+    "ROADWATCH_PROSODY_INPUT_RATE",
+    "ROADWATCH_PROSODY_STORED_BURST",
+    "ROADWATCH_PROSODY_STORED_PER_DAY",
+    "ROADWATCH_PROSODY_STORED_BURST_BYTES",
+    "ROADWATCH_PROSODY_STORED_BYTES_PER_DAY",
+    "ROADWATCH_PROSODY_OFFLINE_MAX",
 )
 
 
@@ -138,6 +145,23 @@ class Prosody(Server):
             self._as_prosody_user(argv),
             f"prosodyctl register {user}",
             input=f"{password}\n{password}\n",
+            env=self.environment(),
+            cwd=self.folder,
+            timeout=PROSODYCTL_TIMEOUT_S,
+        )
+
+    def delete_account(self, user: str) -> None:
+        """Delete the account USER@domain with everything Prosody stores for it."""
+        argv = [
+            shutil.which("prosodyctl") or "/usr/bin/prosodyctl",
+            "--config",
+            str(self.config_file),
+            "deluser",
+            f"{user}@{self.settings.xmpp_domain}",
+        ]
+        run_checked(
+            self._as_prosody_user(argv),
+            f"prosodyctl deluser {user}",
             env=self.environment(),
             cwd=self.folder,
             timeout=PROSODYCTL_TIMEOUT_S,

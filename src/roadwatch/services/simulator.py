@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # CAMs at 1 Hz per vehicle
 DEFAULT_CONNECTIONS = 2
-# Each vehicle-mode connection has a broker account created by a mosquitto_passwd run, and its
-# own session on the broker: beyond a few hundred that is all overhead.
+# Each vehicle-mode connection has an account of its own in the registry, and its own session
+# on the broker: beyond a few hundred that is all overhead.
 MAX_VEHICLE_CONNECTIONS = 200
 # While the broker is away, each connection keeps its vehicles' CAMs for this long (at least
 # MIN_OFFLINE_LIMIT of them); later ones are dropped and counted.
@@ -310,23 +310,26 @@ Provisioner = Callable[[Mapping[str, str]], None]
 
 
 def mosquitto_provisioner(settings: Settings) -> Provisioner:
-    """Return a function creating vehicle accounts in the native broker's password file."""
+    """Return a function creating vehicle accounts (ordinary trust) on the native broker."""
+    from roadwatch.adapters.accounts import AccountRegistry, RegistryError  # noqa: PLC0415
+    from roadwatch.domain.accounts import AccountKind  # noqa: PLC0415
     from roadwatch.runner.mosquitto import Mosquitto  # noqa: PLC0415
-    from roadwatch.runner.process import RunLayout, RunnerError  # noqa: PLC0415
+    from roadwatch.runner.process import RunLayout  # noqa: PLC0415
 
     broker = Mosquitto(settings, RunLayout(settings.run_dir))
+    registry = AccountRegistry(settings.account_folder, settings.its_prefix)
 
     def provision(accounts: Mapping[str, str]) -> None:
-        if not broker.passwd_file.exists():
+        if not broker.prepared():
             raise SimulatorError(
-                f"no broker password file at {broker.passwd_file}: vehicle mode provisions "
-                "accounts in the native broker started by `make up`"
+                f"no native broker in {settings.run_dir}: vehicle mode provisions accounts in "
+                "the broker started by `make up`"
             )
         try:
-            for station, password in accounts.items():
-                broker.set_password(station, password)
-        except RunnerError as exc:
+            registry.put(accounts, AccountKind.VEHICLE)
+        except (RegistryError, ValueError) as exc:
             raise SimulatorError(f"cannot provision vehicle accounts: {exc}") from exc
+        broker.apply_accounts()
         broker.reload()
         time.sleep(RELOAD_SETTLE_S)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 
+from roadwatch.adapters.accounts import REGISTRY_FILE, TrustRegistry
+from roadwatch.domain.accounts import TRUSTED_STATION_TYPES, effective_station_type
 from roadwatch.domain.detector import Detector
 from roadwatch.domain.events import Event
 from roadwatch.domain.messages import Cam, Denm, Rejected, RejectReason, parse_message
@@ -54,18 +57,36 @@ class Detection:
         self.ignored = 0
         self.events: Counter[tuple[str, str]] = Counter()
         self._future_tolerance_ms = round(settings.future_tolerance_s * 1000)
+        self.accounts = TrustRegistry(settings.account_folder / REGISTRY_FILE)
+        self._believe_fleet = settings.fleet_declared_trust
+        # Messages declaring a trusted stationType their account may not claim (SPEC §2).
+        self.trust_refused = 0
 
     def parse(self, topic: str, payload: bytes, now: float) -> Cam | Denm | None:
-        """Count one received message and validate it; None when it is ignored or rejected."""
+        """Count one received message and validate it; None when it is ignored or rejected.
+
+        The stationType the detector sees is the account's trust level, not the declared one.
+        """
         self.received += 1
         try:
-            return parse_message(topic, payload, round(now * 1000), self._future_tolerance_ms)
+            message = parse_message(topic, payload, round(now * 1000), self._future_tolerance_ms)
         except Rejected as rejected:
             if rejected.reason is RejectReason.IGNORED_TYPE:
                 self.ignored += 1
             else:
                 self.rejections.record(rejected, topic, now)
             return None
+        declared = message.station_type
+        used = effective_station_type(
+            declared,
+            self.accounts.trust_of(message.station_id, now),
+            believe_declared=self._believe_fleet,
+        )
+        if used == declared:
+            return message
+        if declared in TRUSTED_STATION_TYPES:
+            self.trust_refused += 1
+        return replace(message, station_type=used)
 
     def count(self, events: Iterable[Event]) -> None:
         for event in events:

@@ -76,6 +76,16 @@ class _LiveFigures(Collector):
         yield counter(
             "messages_ignored", "OwnTracks messages that carry no location", detection.ignored
         )
+        yield counter(
+            "trust_refused",
+            "messages declaring a trusted stationType their account may not claim",
+            detection.trust_refused,
+        )
+        yield counter(
+            "account_registry_reloads",
+            "times the account registry was read",
+            detection.accounts.reloads,
+        )
         rejected = CounterMetricFamily(
             PREFIX + "messages_rejected", "messages rejected, per reason", labels=["reason"]
         )

@@ -245,6 +245,7 @@ class Gateway:
             "accepted": accepted,
             "events": sum(detection.events.values()),
             "ignored": detection.ignored,
+            "trust_refused": detection.trust_refused,
             "stale": stale,
             "clock_leads": leads,
             "outbox": self.outbox.unsent,

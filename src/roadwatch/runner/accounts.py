@@ -1,0 +1,104 @@
+"""`roadwatch accounts`: provision, list, rotate and remove accounts on the native system.
+
+MQTT accounts live in the account registry (adapters/accounts.py), which the broker's password
+file and ACL are rebuilt from and the gateway reads each account's trust from; followers are
+XMPP accounts made through prosodyctl. Passwords are generated here, handed to the servers
+through files or standard input, and returned once to be shown to the operator.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from roadwatch.adapters.accounts import AccountRegistry, RegistryError, new_password
+from roadwatch.domain.accounts import Account, AccountKind, Trust
+from roadwatch.runner.mosquitto import Mosquitto
+from roadwatch.runner.process import RunLayout, RunnerError
+from roadwatch.runner.prosody import Prosody
+from roadwatch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Mosquitto applies a reloaded password file and ACL shortly after SIGHUP.
+RELOAD_SETTLE_S = 0.3
+# XMPP accounts RoadWatch's own services use.
+XMPP_SERVICE_ACCOUNTS = frozenset({"gateway", "collector"})
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    account: Account
+    password: str
+
+
+class AccountManager:
+    """Account operations over the registry, the broker and Prosody of one run folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = AccountRegistry(settings.account_folder, settings.its_prefix)
+        layout = RunLayout(settings.run_dir)
+        self._broker = Mosquitto(settings, layout)
+        self._prosody = Prosody(settings, layout)
+
+    @property
+    def reserved(self) -> frozenset[str]:
+        s = self.settings
+        return frozenset({s.mqtt_gateway_user, s.mqtt_fleet_user, *XMPP_SERVICE_ACCOUNTS})
+
+    def add(self, kind: AccountKind, name: str, trust: Trust | None = None) -> Provisioned:
+        try:
+            account = Account.of(name, kind, trust)
+        except ValueError as exc:
+            raise RegistryError(str(exc)) from exc
+        password = self.registry.add(account, self.reserved)
+        if password is None:
+            password = self._set_xmpp_password(account)
+        else:
+            self._apply_to_broker()
+        return Provisioned(account, password)
+
+    def rotate(self, name: str) -> Provisioned:
+        account, password = self.registry.rotate(name)
+        if password is None:
+            password = self._set_xmpp_password(account)
+        else:
+            self._apply_to_broker()
+        return Provisioned(account, password)
+
+    def remove(self, name: str) -> Account:
+        account = self.registry.remove(name)
+        if account.kind.is_mqtt:
+            self._apply_to_broker()
+        else:
+            self._prosody.delete_account(name)
+        return account
+
+    def accounts(self) -> list[Account]:
+        return [account for _name, account in sorted(self.registry.accounts().items())]
+
+    def _set_xmpp_password(self, account: Account) -> str:
+        password = new_password()
+        try:
+            self._prosody.set_password(account.name, password)
+        except RunnerError:
+            # An account the registry lists but Prosody never made would be a lie.
+            self.registry.remove(account.name)
+            raise
+        return password
+
+    def _apply_to_broker(self) -> None:
+        """Rebuild the native broker's files and make it re-read them.
+
+        Without a native broker here (the containers' accounts volume), the broker's container
+        notices the registry change itself.
+        """
+        if not self._broker.prepared():
+            log.info("no native broker in %s: the registry alone changed", self.settings.run_dir)
+            return
+        self._broker.apply_accounts()
+        if self._broker.pid() is not None:
+            self._broker.reload()
+            time.sleep(RELOAD_SETTLE_S)
