@@ -77,9 +77,11 @@ MAX_LIMIT = 1000
 RETRY_AFTER_S = 5
 # A zone Feature is a few kilobytes; anything near this is a mistake or an attack.
 MAX_BODY_BYTES = 1024 * 1024
-# A stationId (SPEC §2) or a zone id: the filename of a station's CSV export relies on it too.
-STATION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-ZONE_ID_PATTERN = STATION_ID_PATTERN
+# A vehicle's stationId, or a phone's `{user}.{device}` (SPEC §2: the phones' own namespace);
+# likewise a zone id. The filename of a station's CSV export relies on it too.
+STATION_ID_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)?$"
+MAX_STATION_ID_LEN = 64
+ZONE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # Longest piece of a client's input quoted back in an error message.
 MAX_ECHO_CHARS = 80
 # Plain JSON is accepted on input too, beside GeoJSON's own media type (RFC 7946 §12).
@@ -900,7 +902,9 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
             str,
             Path(
                 pattern=STATION_ID_PATTERN,
-                description="a stationId (SPEC §2): 1 to 64 of A-Z a-z 0-9 _ -",
+                max_length=MAX_STATION_ID_LEN,
+                description="a stationId (SPEC §2): 1 to 64 of A-Z a-z 0-9 _ -, or a phone's"
+                " `{user}.{device}`",
             ),
         ],
     ) -> Response:
