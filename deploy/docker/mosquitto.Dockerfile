@@ -15,14 +15,16 @@ RUN groupadd --system --gid 901 mosquitto \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends mosquitto mosquitto-clients gettext-base \
     && rm -rf /var/lib/apt/lists/* \
-    && install -d -o mosquitto -g mosquitto -m 0750 /var/lib/mosquitto
+    && install -d -o mosquitto -g mosquitto -m 0750 /var/lib/mosquitto \
+    && install -d -o mosquitto -g mosquitto -m 0755 /var/lib/roadwatch-accounts
 
 COPY deploy/mosquitto/mosquitto.conf deploy/mosquitto/acl /etc/roadwatch/mosquitto/
 COPY deploy/docker/mosquitto-entrypoint.sh /usr/local/bin/roadwatch-mosquitto
-COPY deploy/docker/mosquitto-account.sh /usr/local/bin/roadwatch-mqtt-account
 
 # The broker's folder: password file, ACL, rendered config and persistence (a named volume).
 ENV ROADWATCH_MOSQUITTO_DIR=/var/lib/mosquitto \
+    ROADWATCH_ACCOUNTS_DIR=/var/lib/roadwatch-accounts \
+    ROADWATCH_ITS_PREFIX=its \
     ROADWATCH_MQTT_PORT=1883 \
     ROADWATCH_MQTT_BIND=0.0.0.0
 

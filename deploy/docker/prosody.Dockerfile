@@ -17,6 +17,7 @@ RUN apt-get update \
 
 COPY deploy/prosody/ /etc/roadwatch/prosody/
 COPY deploy/docker/prosody-entrypoint.sh /usr/local/bin/roadwatch-prosody
+COPY deploy/docker/prosody-account.sh /usr/local/bin/roadwatch-xmpp-account
 
 # Listen on the container's network (the file's default is loopback, for the native runner).
 ENV ROADWATCH_PROSODY_INTERFACE=* \

@@ -13,11 +13,13 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # An unprivileged account; its home holds the state the services write (status files, the
-# gateway's detection snapshots).
+# gateway's detection snapshots). The account registry's folder belongs to the broker's user
+# (901, deploy/docker/mosquitto.Dockerfile), which the `accounts` tool runs as.
 RUN groupadd --gid 10001 roadwatch \
     && useradd --uid 10001 --gid roadwatch --home-dir /var/lib/roadwatch \
        --create-home --shell /usr/sbin/nologin roadwatch \
-    && install -d -o roadwatch -g roadwatch /var/lib/roadwatch/gateway
+    && install -d -o roadwatch -g roadwatch /var/lib/roadwatch/gateway \
+    && install -d -o 901 -g 901 -m 0755 /var/lib/roadwatch-accounts
 
 COPY build/docker/wheels/ /tmp/wheels/
 RUN python3 -m venv /opt/roadwatch \

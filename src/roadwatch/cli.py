@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),

@@ -97,6 +97,26 @@ class Deployment:
             check=False,
         )
 
+    def compose(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """Run `docker-compose ARGV` on this deployment (e.g. a one-off `run` of a tool)."""
+        env_file = os.environ.get("ROADWATCH_COMPOSE_ENV_FILE", str(REPO / ".env"))
+        return subprocess.run(
+            [
+                "docker-compose",
+                "--project-name",
+                self.project,
+                "--env-file",
+                env_file,
+                "--file",
+                str(REPO / "compose.yaml"),
+                *argv,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO,
+        )
+
     @contextlib.contextmanager
     def paused(self, service: str) -> Iterator[None]:
         """Freeze the processes of `service` for the duration (`docker pause`)."""

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from roadwatch.adapters.mqtt import BlockingPublisher, MqttAuthError, MqttEndpoint
+from roadwatch.adapters.mqtt import (
+    BlockingPublisher,
+    MqttAuthError,
+    MqttEndpoint,
+    MqttPublishRefused,
+)
 from roadwatch.domain.geo import mean_position
 from roadwatch.domain.partition import Partitioning
 from roadwatch.settings import Settings
@@ -114,23 +119,54 @@ def test_the_simulator_reaches_mosquitto_but_not_mysql(deployment: Deployment) -
     assert deployment.exec("apache", "bash", "-c", "getent hosts mysql").returncode != 0
 
 
-def test_a_vehicle_account_made_in_the_broker_container_can_log_in(
+def test_accounts_made_with_the_tool_container_log_in_and_keep_to_their_kind(
     deployment: Deployment,
 ) -> None:
     station = f"compose-car-{str(time.time_ns())[-6:]}"
-    made = deployment.exec("mosquitto", "roadwatch-mqtt-account", "vehicle", station)
+    made = deployment.compose("run", "--rm", "accounts", "add", "vehicle", station)
     assert made.returncode == 0, made.stderr
-    assert f"may publish to vehicles/{station}/#" in made.stdout
+    assert f"may publish to vehicles/{station}/cam" in made.stdout
     password = made.stdout.split("password: ", 1)[1].strip()
+    listed = deployment.compose("run", "--rm", "accounts", "list")
+    assert any(line.split()[:2] == [station, "vehicle"] for line in listed.stdout.splitlines())
 
-    vehicle = BlockingPublisher(MqttEndpoint("127.0.0.1", deployment.mqtt_port, station, password))
-    vehicle.start()
-    vehicle.stop()
+    endpoint = MqttEndpoint("127.0.0.1", deployment.mqtt_port, station, password)
+    deadline = time.monotonic() + 10  # the broker applies the registry within a second or two
+    while True:
+        vehicle = BlockingPublisher(endpoint)
+        try:
+            vehicle.start()
+            break
+        except MqttAuthError:
+            assert time.monotonic() < deadline, "the new account was never let in"
+            time.sleep(0.5)
+    try:
+        mine = vehicle.publish(f"vehicles/{station}/cam", b"{}", qos=1)
+        phone_topic = vehicle.publish(f"owntracks/{station}/phone", b"{}", qos=1)
+        assert mine is not None and phone_topic is not None
+        mine.wait(5)
+        with pytest.raises(MqttPublishRefused):
+            phone_topic.wait(5)
+    finally:
+        vehicle.stop()
     impostor = BlockingPublisher(
         MqttEndpoint("127.0.0.1", deployment.mqtt_port, station, password + "x")
     )
     with pytest.raises(MqttAuthError):
         impostor.start()
+    removed = deployment.compose("run", "--rm", "accounts", "remove", station)
+    assert removed.returncode == 0, removed.stderr
+
+
+def test_a_follower_made_in_the_prosody_container_gets_a_password_once(
+    deployment: Deployment,
+) -> None:
+    name = f"desk-{str(time.time_ns())[-6:]}"
+    made = deployment.exec("prosody", "roadwatch-xmpp-account", "add", name)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.count("password: ") == 1
+    removed = deployment.exec("prosody", "roadwatch-xmpp-account", "remove", name)
+    assert removed.returncode == 0, removed.stderr
 
 
 # --- Two gateway containers (profile `scaled`) -------------------------------------------------

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from slixmpp.exceptions import IqError
@@ -43,7 +44,7 @@ def roadwatch(settings: Settings, *arguments: str) -> subprocess.CompletedProces
 
 def password_of(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == 0, done.stderr
-    [password] = PASSWORD_LINE.findall(done.stdout)
+    [password] = [str(found) for found in PASSWORD_LINE.findall(done.stdout)]
     assert password not in done.stderr  # printed once, to the operator only
     return password
 
@@ -116,15 +117,12 @@ def test_a_follower_logs_in_to_xmpp_reads_the_alert_nodes_and_can_be_removed(
         # The collector makes the alert nodes when it logs in.
         receiver = EventReceiver(test_settings, Collected().handle, positions.load, positions.save)
         async with running(receiver), raw_client(test_settings, jid, password) as client:
-            items = await client.plugin["xep_0060"].get_items(
-                test_settings.pubsub_service, "accident", timeout=10
-            )
+            pubsub: Any = client.plugin["xep_0060"]
+            items = await pubsub.get_items(test_settings.pubsub_service, "accident", timeout=10)
             assert items["pubsub"]["items"]["node"] == "accident"
             # Following is reading: publishing to the alert nodes is the collector's alone.
             with pytest.raises(IqError):
-                await client.plugin["xep_0060"].publish(
-                    test_settings.pubsub_service, "accident", timeout=10
-                )
+                await pubsub.publish(test_settings.pubsub_service, "accident", timeout=10)
 
     asyncio.run(asyncio.wait_for(follow(), 60))
     removed = roadwatch(test_settings, "accounts", "remove", "ops-desk")

@@ -53,6 +53,11 @@ class AccountManager:
             account = Account.of(name, kind, trust)
         except ValueError as exc:
             raise RegistryError(str(exc)) from exc
+        if not kind.is_mqtt and not self._prosody.config_file.exists():
+            raise RegistryError(
+                "no Prosody here: XMPP accounts are made where it runs (in containers: "
+                "`docker-compose exec prosody roadwatch-xmpp-account add NAME`)"
+            )
         password = self.registry.add(account, self.reserved)
         if password is None:
             password = self._set_xmpp_password(account)
