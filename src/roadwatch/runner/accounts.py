@@ -9,6 +9,7 @@ through files or standard input, and returned once to be shown to the operator.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -53,7 +54,7 @@ class AccountManager:
             account = Account.of(name, kind, trust)
         except ValueError as exc:
             raise RegistryError(str(exc)) from exc
-        if not kind.is_mqtt and not self._prosody.config_file.exists():
+        if not kind.is_mqtt and not self._prosody_prepared():
             raise RegistryError(
                 "no Prosody here: XMPP accounts are made where it runs (in containers: "
                 "`docker-compose exec prosody roadwatch-xmpp-account add NAME`)"
@@ -83,6 +84,11 @@ class AccountManager:
 
     def accounts(self) -> list[Account]:
         return [account for _name, account in sorted(self.registry.accounts().items())]
+
+    def _prosody_prepared(self) -> bool:
+        """Tell whether a native Prosody was set up in this run folder (not the containers')."""
+        folder = self._prosody.layout.root / self._prosody.data_folder
+        return folder.is_dir() and shutil.which("prosodyctl") is not None
 
     def _set_xmpp_password(self, account: Account) -> str:
         password = new_password()

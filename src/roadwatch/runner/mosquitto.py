@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Mosquitto drops root privileges to this account, so its files must belong to it.
 MOSQUITTO_USER = "mosquitto"
+# The services' own hashes, joined with the account registry's into the broker's password file.
+SERVICES_PASSWD = "passwd.services"
 
 
 class Mosquitto(Server):
@@ -90,11 +92,12 @@ class Mosquitto(Server):
 
     def prepared(self) -> bool:
         """Tell whether `prepare()` made this broker's files in this run folder."""
-        return self._services_passwd.exists()
+        # Looked at without creating the folder: the containers' accounts tool has none.
+        return (self.layout.root / self.data_folder / SERVICES_PASSWD).exists()
 
     @property
     def _services_passwd(self) -> Path:
-        return self.folder / "passwd.services"
+        return self.folder / SERVICES_PASSWD
 
     @property
     def _services_acl(self) -> Path:
