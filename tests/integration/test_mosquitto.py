@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from roadwatch.adapters.accounts import RegistryError
 from roadwatch.adapters.mqtt import (
     BlockingPublisher,
     MqttAuthError,
@@ -18,7 +19,6 @@ from roadwatch.adapters.mqtt import (
     MqttError,
     MqttPublishRefused,
 )
-from roadwatch.adapters.accounts import RegistryError
 from roadwatch.domain.accounts import AccountKind
 from roadwatch.runner.accounts import AccountManager
 from roadwatch.runner.mosquitto import Mosquitto
