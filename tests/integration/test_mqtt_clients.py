@@ -42,7 +42,13 @@ def mosquitto_pub(
     argv = ["mosquitto_pub", "-h", settings.mqtt_host, "-p", str(settings.mqtt_port)]
     argv += ["-V", version, "-q", "1", "-t", topic, "-s"]
     return subprocess.run(
-        argv, input=message.decode(), env=env, capture_output=True, text=True, timeout=20
+        argv,
+        input=message.decode(),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
     )
 
 
