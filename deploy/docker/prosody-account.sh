@@ -18,17 +18,32 @@ fi
 case "$name" in
   gateway | collector) echo "$name is reserved for a RoadWatch service" >&2; exit 2 ;;
 esac
+# One command in the running server's admin shell, through standard input: the server ends
+# the open sessions of a re-keyed or removed account.
+shell() {
+  out=$(printf '%s\n' "$1" | prosodyctl --config "$config" shell --quiet)
+  case "$out" in
+    *OK*) ;;
+    *) echo "prosodyctl shell: $out" >&2; exit 1 ;;
+  esac
+}
+new_password() { head -c 18 /dev/urandom | base64 | tr '+/' '-_'; }
 case "$action" in
-  add | rotate)
-    password=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
+  add)
+    password=$(new_password)
     # Through standard input (printf is the shell's own): never on a command line.
     printf '%s\n%s\n' "$password" "$password" |
       prosodyctl --config "$config" register "$name" "$domain" >/dev/null
-    printf 'XMPP account %s@%s follows the alerts\npassword: %s\n' "$name" "$domain" "$password"
+    ;;
+  rotate)
+    password=$(new_password)
+    shell "user:password(\"$name@$domain\", \"$password\")"
     ;;
   remove)
-    prosodyctl --config "$config" deluser "$name@$domain" >/dev/null
+    shell "user:delete(\"$name@$domain\")"
     printf 'XMPP account %s@%s removed\n' "$name" "$domain"
+    exit 0
     ;;
   *) usage ;;
 esac
+printf 'XMPP account %s@%s follows the alerts\npassword: %s\n' "$name" "$domain" "$password"

@@ -68,6 +68,10 @@ modules_enabled = {
 	"smacks", -- XEP-0198: the gateway's one long-lived session survives short breaks
 	"mam", -- XEP-0313: the collector catches up from its archive after a restart
 	"offline",
+	-- `roadwatch accounts rotate|remove` act through the running server, which ends the
+	-- account's open sessions; the socket sits in the data folder, the prosody user's alone.
+	"admin_shell",
+	"admin_socket",
 }
 modules_disabled = { "s2s" }
 

@@ -165,6 +165,9 @@ def test_a_follower_made_in_the_prosody_container_gets_a_password_once(
     made = deployment.exec("prosody", "roadwatch-xmpp-account", "add", name)
     assert made.returncode == 0, made.stderr
     assert made.stdout.count("password: ") == 1
+    rotated = deployment.exec("prosody", "roadwatch-xmpp-account", "rotate", name)
+    assert rotated.returncode == 0, rotated.stderr
+    assert rotated.stdout.split("password: ")[1] != made.stdout.split("password: ")[1]
     removed = deployment.exec("prosody", "roadwatch-xmpp-account", "remove", name)
     assert removed.returncode == 0, removed.stderr
 

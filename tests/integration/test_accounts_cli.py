@@ -113,6 +113,10 @@ def test_a_follower_logs_in_to_xmpp_reads_the_alert_nodes_and_can_be_removed(
     jid = f"ops-desk@{test_settings.xmpp_domain}"
     positions = Positions()
 
+    async def refused() -> None:
+        async with raw_client(test_settings, jid, password):
+            pass
+
     async def follow() -> None:
         # The collector makes the alert nodes when it logs in.
         receiver = EventReceiver(test_settings, Collected().handle, positions.load, positions.save)
@@ -125,12 +129,19 @@ def test_a_follower_logs_in_to_xmpp_reads_the_alert_nodes_and_can_be_removed(
                 await pubsub.publish(test_settings.pubsub_service, "accident", timeout=10)
 
     asyncio.run(asyncio.wait_for(follow(), 60))
-    removed = roadwatch(test_settings, "accounts", "remove", "ops-desk")
-    assert removed.returncode == 0, removed.stderr
 
-    async def refused() -> None:
-        async with raw_client(test_settings, jid, password):
-            pass
+    async def ended_by(*command: str) -> None:
+        async with raw_client(test_settings, jid, password) as client:
+            ended = asyncio.ensure_future(client.wait_until("disconnected", 15))
+            done = await asyncio.to_thread(roadwatch, test_settings, "accounts", *command)
+            assert done.returncode == 0, done.stderr
+            await ended  # the open session ends with the password or account it used
+
+    asyncio.run(asyncio.wait_for(ended_by("rotate", "ops-desk"), 60))
+    with pytest.raises((TimeoutError, asyncio.TimeoutError)):
+        asyncio.run(asyncio.wait_for(refused(), 8))  # the old password no longer logs in
+    password = password_of(roadwatch(test_settings, "accounts", "rotate", "ops-desk"))
+    asyncio.run(asyncio.wait_for(ended_by("remove", "ops-desk"), 60))
 
     with pytest.raises((TimeoutError, asyncio.TimeoutError)):
         asyncio.run(asyncio.wait_for(refused(), 8))

@@ -69,7 +69,8 @@ class AccountManager:
     def rotate(self, name: str) -> Provisioned:
         account, password = self.registry.rotate(name)
         if password is None:
-            password = self._set_xmpp_password(account)
+            password = new_password()
+            self._prosody.change_password(name, password)
         else:
             self._apply_to_broker()
         return Provisioned(account, password)

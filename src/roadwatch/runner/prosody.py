@@ -151,14 +151,12 @@ class Prosody(Server):
         )
 
     def delete_account(self, user: str) -> None:
-        """Delete the account USER@domain with everything Prosody stores for it."""
-        argv = [
-            shutil.which("prosodyctl") or "/usr/bin/prosodyctl",
-            "--config",
-            str(self.config_file),
-            "deluser",
-            f"{user}@{self.settings.xmpp_domain}",
-        ]
+        """Delete the account USER@domain, ending its open sessions when Prosody runs."""
+        jid = f"{user}@{self.settings.xmpp_domain}"
+        if self.running():
+            self._shell(f"user:delete({_lua_string(jid)})", f"delete {user}")
+            return
+        argv = [self._prosodyctl(), "--config", str(self.config_file), "deluser", jid]
         run_checked(
             self._as_prosody_user(argv),
             f"prosodyctl deluser {user}",
@@ -166,6 +164,35 @@ class Prosody(Server):
             cwd=self.folder,
             timeout=PROSODYCTL_TIMEOUT_S,
         )
+
+    def change_password(self, user: str, password: str) -> None:
+        """Give USER@domain a new password, ending its open sessions when Prosody runs."""
+        if not self.running():
+            self.set_password(user, password)
+            return
+        jid = f"{user}@{self.settings.xmpp_domain}"
+        # Through standard input, like every password: never on a command line.
+        command = f"user:password({_lua_string(jid)}, {_lua_string(password)})"
+        self._shell(command, f"new password for {user}")
+
+    def _shell(self, command: str, what: str) -> None:
+        """Run one command in the running server's admin shell (mod_admin_shell)."""
+        argv = [self._prosodyctl(), "--config", str(self.config_file), "shell", "--quiet"]
+        printed = run_checked(
+            self._as_prosody_user(argv),
+            f"prosodyctl shell: {what}",
+            input=command + "\n",
+            env=self.environment(),
+            cwd=self.folder,
+            timeout=PROSODYCTL_TIMEOUT_S,
+        )
+        # The shell prints "| OK: ..." or "! error" and exits 0 either way.
+        if "! " in printed or "OK" not in printed:
+            raise RunnerError(f"prosodyctl shell: {what} failed: {printed.strip()[:200]}")
+
+    @staticmethod
+    def _prosodyctl() -> str:
+        return shutil.which("prosodyctl") or "/usr/bin/prosodyctl"
 
     def _prepare_folder(self) -> None:
         folder = self.folder
@@ -199,3 +226,9 @@ class Prosody(Server):
             "--",
             *argv,
         ]
+
+
+def _lua_string(text: str) -> str:
+    """Quote `text` as a Lua string literal (the admin shell evaluates Lua)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
