@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -77,6 +78,53 @@ def rfc3339_to_ms(text: str) -> int:
     # Exact, in whole microseconds, rounded to the nearest millisecond (half up).
     micros = (moment - _EPOCH) // timedelta(microseconds=1)
     return (micros + 500) // 1000
+
+
+# RFC 3339 §5.6, whose notes allow a lower-case `t` and `z` and a space for the `T`. ASCII
+# digits only: `\d` would also take other scripts' digits.
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
+_DAY_S = 86_400
+# The Gregorian calendar repeats every 400 years, which lets `date` place year 0000 too.
+_CYCLE_YEARS, _CYCLE_DAYS = 400, 146_097
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def rfc3339_ceil_ms(text: str) -> int:
+    """Parse any RFC 3339 time exactly; return the first whole millisecond at or after it.
+
+    Unlike `rfc3339_to_ms`, every digit of the fraction counts and a leap second
+    (23:59:60 UTC, POSIX's first second of the next day) is accepted: a bound on event times,
+    which are whole milliseconds, must neither move nor refuse a valid time.
+    """
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise InvalidEvent("expected YYYY-MM-DDThh:mm:ss, an optional fraction, then Z or ±hh:mm")
+    year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
+    fraction = match.group(7) or ""
+    sign, offset_hours, offset_minutes = match.group(8, 9, 10)
+    try:
+        cycles, year_in_cycle = divmod(year, _CYCLE_YEARS)
+        ordinal = date(2000 + year_in_cycle, month, day).toordinal()
+    except ValueError as exc:
+        raise InvalidEvent(f"no such date ({exc})") from exc
+    if hour > 23 or minute > 59 or second > 60:
+        raise InvalidEvent("hour, minute or second out of range")
+    offset_s = 0
+    if sign is not None:
+        if int(offset_hours) > 23 or int(offset_minutes) > 59:
+            raise InvalidEvent("the offset must be within ±23:59")
+        offset_s = (int(offset_hours) * 60 + int(offset_minutes)) * 60 * (-1 if sign == "-" else 1)
+    days = ordinal - _EPOCH_ORDINAL + (cycles - 5) * _CYCLE_DAYS
+    seconds = days * _DAY_S + hour * 3600 + minute * 60 + second - offset_s
+    if second == 60 and seconds % _DAY_S != 0:
+        raise InvalidEvent("a leap second is 23:59:60 UTC, at the end of a day")
+    # Milliseconds from the first three digits; any further non-zero digit is a remainder.
+    millis = int((fraction + "000")[:3])
+    remainder = fraction[3:].strip("0") != ""
+    return seconds * 1000 + millis + remainder
 
 
 @dataclass(frozen=True, slots=True)
