@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -41,7 +42,7 @@ from roadwatch.domain.events import (
     EventType,
     InvalidEvent,
     ms_to_rfc3339,
-    rfc3339_to_ms,
+    rfc3339_ceil_ms,
 )
 from roadwatch.domain.zones import (
     MAX_HYSTERESIS_M,
@@ -82,6 +83,8 @@ MAX_BODY_BYTES = 1024 * 1024
 STATION_ID_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)?$"
 MAX_STATION_ID_LEN = 64
 ZONE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# A time whose offset's '+' became a space: sent unencoded, it is decoded as one.
+_SPACED_OFFSET = re.compile(r":[0-9]{2}(\.[0-9]+)? [0-9]{2}:[0-9]{2}$")
 # Longest piece of a client's input quoted back in an error message.
 MAX_ECHO_CHARS = 80
 # Plain JSON is accepted on input too, beside GeoJSON's own media type (RFC 7946 §12).
@@ -371,23 +374,19 @@ def _error_code(status_code: int) -> str:
 
 
 def _parse_time(name: str, text: str | None) -> int | None:
+    """Parse a time bound as the first millisecond at or after it (event times are whole ms)."""
     if text is None:
         return None
     try:
-        # RFC 3339 allows lower-case `t` and `z`.
-        return rfc3339_to_ms(text.strip().upper())
+        return rfc3339_ceil_ms(text)
     except InvalidEvent as exc:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            [
-                {
-                    "parameter": name,
-                    "message": "not an RFC 3339 time with a UTC offset, "
-                    "e.g. 2024-05-01T08:00:00Z or 2024-05-01T10:00:00+02:00",
-                }
-            ],
-        ) from exc
+        message = (
+            f"not an RFC 3339 time with a UTC offset: {exc}; "
+            "e.g. 2024-05-01T08:00:00Z or 2024-05-01T10:00:00+02:00"
+        )
+        if _SPACED_OFFSET.search(text):
+            message += "; a '+' in a query string must be sent as %2B"
+        raise ApiError(400, "invalid_parameter", [{"parameter": name, "message": message}]) from exc
 
 
 def _parse_bbox(text: str | None) -> BBox | None:

@@ -130,7 +130,12 @@ def _invalid(parameter: str, message: str) -> ApiError:
 def _parse_bounded_time(name: str, text: str | None) -> int | None:
     moment = _parse_time(name, text)
     if moment is not None and not DATETIME_MIN_MS <= moment <= DATETIME_MAX_MS:
-        raise _invalid(name, "must be within the years 1000 to 9999 (UTC)")
+        # Exact bounds: 9999-12-31T23:59:59.9999Z is in year 9999 yet after the last millisecond.
+        raise _invalid(
+            name,
+            f"must be from {ms_to_rfc3339(DATETIME_MIN_MS)} to {ms_to_rfc3339(DATETIME_MAX_MS)}, "
+            "the times the database holds",
+        )
     return moment
 
 
