@@ -30,7 +30,7 @@ MAX_STATE_KEY_LEN = 64
 _IN_CHUNK = 1000
 _EPOCH = datetime(1970, 1, 1)
 _MS = timedelta(milliseconds=1)
-# DATETIME covers years 1000 to 9999; query bounds outside are clamped rather than rejected.
+# DATETIME covers years 1000 to 9999; a query bound outside means no bound, or no event.
 DATETIME_MIN_MS = (datetime(1000, 1, 1) - _EPOCH) // _MS
 DATETIME_MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000) - _EPOCH) // _MS
 
@@ -92,6 +92,16 @@ MAX_BBOX_PARTS = 128
 
 class InvalidCursor(StoreError, ValueError):
     """A pagination cursor that this store did not issue."""
+
+
+def same_id(column: str) -> str:
+    """Return SQL for `column` equal to a parameter, exactly: pass the parameter twice.
+
+    Identifier columns are utf8mb4_bin, a PAD SPACE collation, where `=` alone finds 'a' for
+    'a ': a client could read or delete another id's row. Equal lengths rule that out, and the
+    equality still uses the column's index.
+    """
+    return f"({column} = %s AND CHAR_LENGTH({column}) = CHAR_LENGTH(%s))"
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -337,7 +347,7 @@ class EventStore(SourceStore):
             return None
 
         def work(cur: Cursor) -> Event | None:
-            cur.execute(f"SELECT {_COLUMNS} FROM events WHERE id = %s", (event_id,))
+            cur.execute(f"SELECT {_COLUMNS} FROM events WHERE {same_id('id')}", (event_id,) * 2)
             row = cur.fetchone()
             return None if row is None else _event_from_row(row)
 
@@ -368,18 +378,22 @@ class EventStore(SourceStore):
             # Driven by the station index, which yields that station's events in time order.
             source = "event_stations s STRAIGHT_JOIN events e ON e.id = s.event_id"
             time_col, id_col = "s.started_at", "s.event_id"
-            where = ["s.station_id = %s"]
-            params: list[Any] = [station]
+            where = [same_id("s.station_id")]
+            params: list[Any] = [station, station]
         else:
             source = "events e"
             time_col, id_col = "e.started_at", "e.id"
             where, params = [], []
-        if since_ms is not None:
+        if since_ms is not None and since_ms > DATETIME_MAX_MS:
+            return [], None  # nothing stored starts that late
+        # Every stored time is at least DATETIME_MIN_MS, and at most DATETIME_MAX_MS: a bound
+        # beyond either is no bound (clamping `until` would drop the last millisecond).
+        if since_ms is not None and since_ms > DATETIME_MIN_MS:
             where.append(f"{time_col} >= %s")
-            params.append(ms_to_datetime(_clamp_ms(since_ms)))
-        if until_ms is not None:
+            params.append(ms_to_datetime(since_ms))
+        if until_ms is not None and until_ms <= DATETIME_MAX_MS:
             where.append(f"{time_col} < %s")
-            params.append(ms_to_datetime(_clamp_ms(until_ms)))
+            params.append(ms_to_datetime(max(until_ms, DATETIME_MIN_MS)))
         if after is not None:
             # Spelled out rather than as a row comparison so that MariaDB can use a range scan.
             after_time = ms_to_datetime(_clamp_ms(after[0]))
@@ -574,8 +588,8 @@ def _event_filters(
         where.append("e.status = %s")
         params.append(EventStatus(status).value)
     if zone is not None:
-        where.append("e.zone_id = %s")
-        params.append(zone)
+        where.append(same_id("e.zone_id"))
+        params.extend((zone, zone))
     if bbox is not None:
         min_lon, min_lat, max_lon, max_lat = bbox
         where.append("e.lat BETWEEN %s AND %s")

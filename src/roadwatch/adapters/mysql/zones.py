@@ -15,7 +15,7 @@ from roadwatch.adapters.mysql.connection import (
     StoreError,
     error_code,
 )
-from roadwatch.adapters.mysql.store import datetime_to_ms
+from roadwatch.adapters.mysql.store import datetime_to_ms, same_id
 from roadwatch.domain.events import EventType
 from roadwatch.domain.zones import MAX_ZONE_ID_LEN, InvalidZone, Zone, zone_from_feature
 
@@ -50,7 +50,7 @@ _OCCUPANCY = (
     " SELECT s.station_id, e.started_at, e.type,"
     " ROW_NUMBER() OVER (PARTITION BY s.station_id ORDER BY e.started_at DESC, e.id DESC) AS nth"
     " FROM events e JOIN event_stations s ON s.event_id = e.id"
-    " WHERE e.zone_id = %s AND e.type IN (%s, %s)"
+    f" WHERE {same_id('e.zone_id')} AND e.type IN (%s, %s)"
     ") latest WHERE nth = 1 AND type = %s ORDER BY started_at, station_id"
 )
 
@@ -134,7 +134,7 @@ class ZoneStore(SourceStore):
             return None
 
         def work(cur: Cursor) -> Zone | None:
-            cur.execute("SELECT id, feature FROM zones WHERE id = %s", (zone_id,))
+            cur.execute(f"SELECT id, feature FROM zones WHERE {same_id('id')}", (zone_id,) * 2)
             zones = _zones_from_rows(cur.fetchall())
             return zones[0] if zones else None
 
@@ -145,6 +145,7 @@ class ZoneStore(SourceStore):
         if not 0 < len(zone_id) <= MAX_ZONE_ID_LEN:
             return []
         params = (
+            zone_id,
             zone_id,
             EventType.ZONE_ENTER.value,
             EventType.ZONE_EXIT.value,
@@ -199,7 +200,7 @@ class ZoneStore(SourceStore):
 
         def work(cur: Cursor) -> bool:
             cur.execute(_LOCK_REVISION)
-            deleted = cur.execute("DELETE FROM zones WHERE id = %s", (zone_id,)) > 0
+            deleted = cur.execute(f"DELETE FROM zones WHERE {same_id('id')}", (zone_id,) * 2) > 0
             if deleted:
                 cur.execute(_BUMP_REVISION)
             return deleted
