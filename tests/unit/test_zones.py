@@ -307,6 +307,15 @@ def test_a_zone_of_exactly_the_maximum_positions_is_accepted() -> None:
     assert len(zone.polygons[0][0]) == MAX_ZONE_POSITIONS
 
 
+@pytest.mark.parametrize(("lon", "lat"), [(-180.0, -90.0), (180.0, 90.0), (-180.0, 90.0)])
+def test_a_tiny_ring_at_a_corner_of_the_map_encloses_its_area(lon: float, lat: float) -> None:
+    # About 10 cm a side: products of coordinates near 180 degrees used to cancel it to 0.
+    dx = 1e-6 if lon < 0 else -1e-6
+    dy = 1e-6 if lat < 0 else -1e-6
+    ring = [[lon, lat], [lon + dx, lat], [lon + dx, lat + dy], [lon, lat + dy], [lon, lat]]
+    assert zone_from_feature(with_coordinates([ring])).polygons[0][0][0] == (lon, lat)
+
+
 def test_invalid_zone_is_a_value_error_and_the_constructor_validates_too() -> None:
     assert issubclass(InvalidZone, ValueError)
     with pytest.raises(InvalidZone, match="id must be 1 to 64 characters"):

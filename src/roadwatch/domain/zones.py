@@ -272,7 +272,13 @@ def _ring(value: Any, where: str, budget: _Budget) -> Ring:
     ring = tuple(_position(item, f"{where}[{i}]") for i, item in enumerate(value))
     if ring[0] != ring[-1]:
         raise InvalidZone(f"{where}: a linear ring must end at the position it starts from")
-    twice_area = sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in itertools.pairwise(ring))
+    # Taken from the first position: near ±180° the products of absolute coordinates are so
+    # large that a small ring's area cancels out to 0.0 and a valid zone was refused.
+    x0, y0 = ring[0]
+    twice_area = sum(
+        (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+        for (x1, y1), (x2, y2) in itertools.pairwise(ring)
+    )
     if twice_area == 0.0:
         raise InvalidZone(f"{where}: the ring encloses no area")
     return ring
