@@ -48,6 +48,8 @@ def openapi_document() -> dict[str, Any]:
 # Loaded when the tests are collected, before any server runs (schemathesis's fixture-based
 # loader fails under pytest 9); the last test checks that the running API serves this document.
 schema = schemathesis.openapi.from_dict(openapi_document())
+# Repeated query parameters too (`limit=1&limit=2000`): the coverage phase sends each twice.
+schema.config.phases.coverage.generate_duplicate_query_parameters = True
 
 
 @schema.parametrize()
