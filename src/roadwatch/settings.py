@@ -41,8 +41,12 @@ class Settings(BaseSettings):
     # MQTT (SPEC §2)
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
-    # Address the broker listens on; 0.0.0.0 to accept vehicles from other machines.
+    # Address of the plain listener above: loopback, for the services on this machine (SPEC §2).
     mqtt_bind: str = "127.0.0.1"
+    # The TLS listener, for vehicles and phones from other machines (SPEC §2, "Transport"):
+    # every interface by default, since that is what it is for; same accounts and ACL.
+    mqtt_tls_port: int = 8883
+    mqtt_tls_bind: str = "0.0.0.0"
     mqtt_gateway_user: str = "roadwatch-gateway"
     mqtt_gateway_password: SecretStr = SecretStr("")
     mqtt_fleet_user: str = "roadwatch-fleet"
@@ -62,6 +66,9 @@ class Settings(BaseSettings):
     xmpp_domain: str = "roadwatch.local"
     xmpp_host: str = "127.0.0.1"
     xmpp_port: int = 5222
+    # Address c2s listens on: every interface, STARTTLS required for all but loopback clients
+    # (BOSH stays on loopback behind Apache). It must include xmpp_host.
+    xmpp_bind: str = "0.0.0.0"
     bosh_port: int = 5280
     xmpp_gateway_password: SecretStr = SecretStr("")
     xmpp_collector_password: SecretStr = SecretStr("")
@@ -75,6 +82,17 @@ class Settings(BaseSettings):
     prosody_db_name: str = "prosody"
     prosody_db_user: str = "prosody"
     prosody_db_password: SecretStr = SecretStr("")
+
+    # TLS (docs/DESIGN.md, "TLS and outside clients"). Unset, set-up generates a local CA and a
+    # server certificate under <run_dir>/tls/. The operator's own certificate and key (PEM) go
+    # together; the CA is what clients and our own services trust (unset with an own
+    # certificate: the system's store, i.e. a public CA).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    # More names or addresses for the generated certificate, comma-separated: the public name
+    # or address clients connect to, when it is not this machine's own name.
+    tls_extra_names: str = ""
 
     # HTTP
     http_port: int = 8080
@@ -162,6 +180,12 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_tls_files(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("ROADWATCH_TLS_CERT_FILE and ROADWATCH_TLS_KEY_FILE go together")
+        return self
+
+    @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment == "development":
             return self
@@ -189,6 +213,15 @@ class Settings(BaseSettings):
     @property
     def account_folder(self) -> Path:
         return self.accounts_dir if self.accounts_dir is not None else self.run_dir / "accounts"
+
+    @property
+    def tls_trusted_ca(self) -> Path | None:
+        """Return the CA our own clients verify servers with (None: the system's store)."""
+        if self.tls_ca_file is not None:
+            return self.tls_ca_file
+        if self.tls_cert_file is not None:
+            return None  # the operator's certificate without a CA of theirs: a public CA
+        return Path(self.run_dir) / "tls" / "ca.crt"
 
     @property
     def gateway_jid(self) -> str:
