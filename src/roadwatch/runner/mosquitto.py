@@ -1,4 +1,4 @@
-"""Mosquitto for the native runner: rendered config and ACL, password file, process."""
+"""Mosquitto for the native runner: rendered config and ACL, password file, TLS, process."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from roadwatch.adapters.accounts import (
     mosquitto_password_hash,
     write_atomically,
 )
+from roadwatch.runner import tls
 from roadwatch.runner.process import (
     Program,
     RunnerError,
@@ -53,6 +54,8 @@ class Mosquitto(Server):
     def environment(self) -> dict[str, str]:
         env = self.settings.as_environment()
         env["ROADWATCH_MOSQUITTO_DIR"] = str(self.folder)
+        # The broker's own copy of the server certificate and key (prepare()).
+        env["ROADWATCH_MOSQUITTO_TLS_DIR"] = str(self.folder)
         return env
 
     @property
@@ -64,6 +67,7 @@ class Mosquitto(Server):
         env = self.environment()
         render_file(deploy_dir() / "mosquitto" / "mosquitto.conf", self.config_file, env)
         render_file(deploy_dir() / "mosquitto" / "acl", self._services_acl, env, mode=0o600)
+        tls.install(tls.ensure_certificates(self.settings), self.folder)
         services = []
         for user, secret in (
             (self.settings.mqtt_gateway_user, self.settings.mqtt_gateway_password),
@@ -114,9 +118,9 @@ class Mosquitto(Server):
         return Program(
             self.name,
             prioritised((mosquitto, "-c", str(self.config_file)), self.settings.pipeline_nice),
-            program_environment(self.layout.root, self.name),
+            program_environment(self.layout.root, self.name, tls.certificate_tag(self.settings)),
             self.folder,
-            ports=(self.settings.mqtt_port,),
+            ports=(self.settings.mqtt_port, self.settings.mqtt_tls_port),
         )
 
     def after_start(self, started: bool) -> None:
@@ -124,11 +128,22 @@ class Mosquitto(Server):
             # A broker that was already running learns the accounts prepare() has just written
             # (never a just-started one: SIGHUP before its handler is set would end it).
             self.reload()
-        log.info("mosquitto listening on %s:%d", self.settings.mqtt_host, self.settings.mqtt_port)
+        s = self.settings
+        log.info(
+            "mosquitto listening on %s:%d, with TLS on %s:%d",
+            s.mqtt_host,
+            s.mqtt_port,
+            s.mqtt_tls_bind,
+            s.mqtt_tls_port,
+        )
 
     def healthy(self) -> bool:
-        running = self.running()
-        return running and port_open(self.settings.mqtt_host, self.settings.mqtt_port)
+        s = self.settings
+        return (
+            self.running()
+            and port_open(s.mqtt_host, s.mqtt_port)
+            and port_open(tls.probe_host(s.mqtt_tls_bind), s.mqtt_tls_port)
+        )
 
     def _give_to_broker(self) -> None:
         try:

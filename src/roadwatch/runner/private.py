@@ -35,12 +35,16 @@ def free_ports(count: int) -> list[int]:
 
 def private_settings(root: Path) -> Settings:
     """Free ports, fresh random secrets and `root` as the run folder; no `.env`, no demo."""
-    mqtt, xmpp, bosh, mysql, http, api, gateway, collector, simulator = free_ports(9)
+    mqtt, mqtt_tls, xmpp, bosh, mysql, http, api, gateway, collector, simulator = free_ports(10)
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         environment="test",
         mqtt_port=mqtt,
+        mqtt_tls_port=mqtt_tls,
+        # A private system opens nothing to other machines.
+        mqtt_tls_bind="127.0.0.1",
         xmpp_port=xmpp,
+        xmpp_bind="127.0.0.1",
         bosh_port=bosh,
         mysql_port=mysql,
         http_port=http,

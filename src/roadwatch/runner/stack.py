@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from roadwatch.runner import procs
+from roadwatch.runner import procs, tls
 from roadwatch.runner.apache import Apache
 from roadwatch.runner.mariadb import MariaDB
 from roadwatch.runner.mosquitto import Mosquitto
@@ -237,6 +237,8 @@ def up(
     supervisor = Supervisor(settings)
     if not supervisor.running():
         _end_unsupervised(settings, layout, console)
+    # Before the programs are compared: a renewed certificate restarts the servers serving it.
+    tls.ensure_certificates(settings)
     replaced = supervisor.configure([part.program() for part in found])
     if supervisor.running():
         detail = "already running"
