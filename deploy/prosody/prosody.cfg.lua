@@ -18,6 +18,8 @@ local anonymous_domain = "anon." .. domain
 local pubsub_domain = "pubsub." .. domain
 -- 127.0.0.1 natively; "*" in a container, where other containers connect over the network.
 local interface = env("ROADWATCH_PROSODY_INTERFACE", "127.0.0.1")
+-- c2s may listen wider than BOSH (ROADWATCH_XMPP_BIND): clients from outside use it with TLS.
+local c2s_interface = env("ROADWATCH_XMPP_BIND", interface)
 local data_dir = env("ROADWATCH_PROSODY_DATA_DIR", "/var/lib/prosody")
 local config_dir = CFG_CONFIGDIR or "."
 
@@ -26,8 +28,14 @@ local config_dir = CFG_CONFIGDIR or "."
 -- Without systemd Prosody needs its own pidfile (FACTS); it always runs as the prosody user.
 pidfile = env("ROADWATCH_PROSODY_PIDFILE", data_dir .. "/prosody.pid")
 data_path = data_dir
--- No TLS here (see c2s below); point the certificate index at a folder that exists.
-certificates = data_dir
+-- The server certificate of c2s (runner/tls.py: a local CA's, or the operator's own): this
+-- server's own copy of the key, readable by the prosody user alone.
+local tls_dir = env("ROADWATCH_PROSODY_TLS_DIR", data_dir)
+certificates = tls_dir
+ssl = {
+	certificate = tls_dir .. "/server.crt",
+	key = tls_dir .. "/server.key",
+}
 plugin_paths = { env("ROADWATCH_PROSODY_MODULES_DIR", config_dir .. "/modules") }
 -- The runner and the container both collect standard output as the log.
 log = {
@@ -37,7 +45,7 @@ log = {
 -- Network --------------------------------------------------------------------------------------
 
 c2s_ports = { env_number("ROADWATCH_XMPP_PORT", 5222) }
-c2s_interfaces = { interface }
+c2s_interfaces = { c2s_interface }
 http_ports = { env_number("ROADWATCH_BOSH_PORT", 5280) }
 http_interfaces = { interface }
 https_ports = {}
@@ -47,10 +55,11 @@ component_ports = {}
 -- Nagle's algorithm adds milliseconds to every event (FACTS): send small stanzas at once.
 network_settings = { nagle = false }
 
--- c2s runs without TLS: it listens on loopback natively and on the private compose network in a
--- container, and browsers reach BOSH only through Apache. SCRAM needs no encryption to keep the
--- password secret; PLAIN stays refused on this unencrypted stream.
-c2s_require_encryption = false
+-- c2s offers STARTTLS to every client and requires it from all but loopback ones
+-- (mod_c2s_loopback: our own services on this machine), before any authentication. SCRAM only:
+-- PLAIN would hand the password itself to the server, TLS or not.
+c2s_require_encryption = true
+disable_sasl_mechanisms = { "PLAIN", "DIGEST-MD5" }
 allow_unencrypted_plain_auth = false
 -- Apache terminates the browser's connection and proxies /http-bind here (FACTS).
 consider_bosh_secure = true
@@ -68,12 +77,19 @@ modules_enabled = {
 	"smacks", -- XEP-0198: the gateway's one long-lived session survives short breaks
 	"mam", -- XEP-0313: the collector catches up from its archive after a restart
 	"offline",
+	"tls", -- STARTTLS on c2s (SPEC §2 "Transport")
+	-- deploy/prosody/modules: loopback clients may skip STARTTLS, nobody else; PubSub
+	-- notifications reach people's clients as a line of text too (with the PubSub component).
+	"c2s_loopback",
+	"pubsub_summary",
 	-- `roadwatch accounts rotate|remove` act through the running server, which ends the
 	-- account's open sessions; the socket sits in the data folder, the prosody user's alone.
 	"admin_shell",
 	"admin_socket",
 }
 modules_disabled = { "s2s" }
+pubsub_summary_people_host = domain
+pubsub_summary_pubsub_host = pubsub_domain
 
 -- A crashed client's session keeps its stanzas this long before they go to offline storage
 -- (Prosody's default is 600 s); the collector also replays its archive on every login.
@@ -142,5 +158,6 @@ Component(pubsub_domain) "pubsub"
 	-- A node's items are the current state of its events: keep enough of them.
 	pubsub_max_items = env_number("ROADWATCH_PUBSUB_MAX_ITEMS", 1000)
 	-- deploy/prosody/modules: items are served from memory and written to MySQL in batches,
-	-- instead of four statements per item on Prosody's only thread (bench/pubsub.py).
-	modules_enabled = { "pubsub_batched_items" }
+	-- instead of four statements per item on Prosody's only thread (bench/pubsub.py); people's
+	-- subscriptions get each event as a line of text too, which any client shows.
+	modules_enabled = { "pubsub_batched_items", "pubsub_summary" }

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from roadwatch.runner import procs
+from roadwatch.runner import procs, tls
 from roadwatch.runner.process import (
     STANDARD_PATH,
     Program,
@@ -33,6 +33,7 @@ PROSODYCTL_TIMEOUT_S = 30.0
 _CONFIG_VARIABLES = (
     "ROADWATCH_XMPP_DOMAIN",
     "ROADWATCH_XMPP_PORT",
+    "ROADWATCH_XMPP_BIND",
     "ROADWATCH_BOSH_PORT",
     "ROADWATCH_MYSQL_HOST",
     "ROADWATCH_MYSQL_PORT",
@@ -74,16 +75,23 @@ class Prosody(Server):
         env = {name: settings_env[name] for name in _CONFIG_VARIABLES}
         env.update({name: os.environ[name] for name in _OPTIONAL_VARIABLES if name in os.environ})
         env["ROADWATCH_PROSODY_DATA_DIR"] = str(self.folder)
-        env["ROADWATCH_PROSODY_INTERFACE"] = os.environ.get(
-            "ROADWATCH_PROSODY_INTERFACE", "127.0.0.1"
-        )
+        # Prosody's own copy of the server certificate and key (prepare()).
+        env["ROADWATCH_PROSODY_TLS_DIR"] = str(self.folder)
+        env.update(tls.certificate_tag(self.settings))
+        env["ROADWATCH_PROSODY_INTERFACE"] = self.bosh_interface
         env["PATH"] = STANDARD_PATH
         env["LANG"] = "C.UTF-8"
         env["HOME"] = str(self.folder)
         return env
 
+    @property
+    def bosh_interface(self) -> str:
+        """Return where BOSH listens: loopback unless told (Apache proxies it)."""
+        return os.environ.get("ROADWATCH_PROSODY_INTERFACE", "127.0.0.1")
+
     def prepare(self) -> None:
-        """Give the data folder to the prosody user."""
+        """Install the server certificate and give the data folder to the prosody user."""
+        tls.install(tls.ensure_certificates(self.settings), self.folder)
         self._prepare_folder()
 
     def program(self) -> Program:
@@ -114,8 +122,10 @@ class Prosody(Server):
     def healthy(self) -> bool:
         if not self.running():
             return False
-        host = self.settings.xmpp_host
-        return port_open(host, self.settings.xmpp_port) and port_open(host, self.settings.bosh_port)
+        s = self.settings
+        return port_open(tls.probe_host(s.xmpp_bind), s.xmpp_port) and port_open(
+            tls.probe_host(self.bosh_interface), s.bosh_port
+        )
 
     def ensure_accounts(self) -> None:
         """Create gateway@ and collector@, or reset their passwords to the configured ones."""

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from slixmpp import JID, ClientXMPP
@@ -61,30 +63,60 @@ DISCONNECT_WAIT_S = 2.0
 OnOnline = Callable[[ClientXMPP, bool], Awaitable[None]]
 
 
+def is_loopback(host: str) -> bool:
+    """Tell whether `host` names this machine's loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def make_client(
     jid: str,
     password: str,
     plugins: Iterable[str],
     sm_window: int,
     allow_resume: bool,
+    *,
+    starttls: bool = False,
+    ca_file: Path | None = None,
 ) -> ClientXMPP:
-    """Create a slixmpp client for our private, unencrypted c2s link (call inside the loop)."""
+    """Create a slixmpp client for c2s (call inside the loop).
+
+    With `starttls`, the stream must be encrypted before the password is used, and the server
+    must present a certificate for the XMPP domain from `ca_file` (None: the system's store).
+    Without it, the client stays in plain text: only for a loopback server, which lets loopback
+    clients authenticate without TLS (deploy/prosody/modules/mod_c2s_loopback.lua).
+    """
     client = ClientXMPP(
         jid,
         password,
         plugin_config={
-            # c2s has no TLS on loopback or the private network (deploy/prosody): SCRAM keeps
-            # the password secret without it, so allow it there.
-            "feature_mechanisms": {"unencrypted_scram": True},
+            # SCRAM keeps the password secret on plain loopback; elsewhere TLS comes first and
+            # a server offering no STARTTLS gets no password.
+            "feature_mechanisms": {"unencrypted_scram": not starttls},
             # XEP-0198: ask for an ack every `window` stanzas; more often costs throughput.
             "xep_0198": {"window": sm_window, "allow_resume": allow_resume},
         },
     )
-    # No direct TLS on the c2s port: trying it first would fail every attempt once.
+    # No direct TLS on the c2s port: trying it first would fail every attempt once. slixmpp
+    # connects for STARTTLS, or in plain text, as told; the STARTTLS feature follows the first.
     client.enable_direct_tls = False
+    client.enable_starttls = starttls
+    client.enable_plaintext = not starttls
+    if starttls and ca_file is not None:
+        client.ca_certs = ca_file
     for plugin in ("xep_0198", "xep_0199", *plugins):
         client.register_plugin(plugin)
     return client
+
+
+def is_encrypted(client: ClientXMPP) -> bool:
+    """Tell whether the client's stream runs over TLS."""
+    transport = client.transport
+    return transport is not None and transport.get_extra_info("ssl_object") is not None
 
 
 def set_tcp_nodelay(client: ClientXMPP) -> None:
@@ -128,11 +160,17 @@ class Connection:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         ping_interval_s: float = PING_INTERVAL_S,
         setup: Callable[[ClientXMPP], None] | None = None,
+        ca_file: Path | None = None,
+        starttls: bool | None = None,
     ) -> None:
         self.jid = jid
         self._password = password
         self.host = host
         self.port = port
+        # STARTTLS everywhere but on loopback (in containers the server is across a network);
+        # the server must then prove it is the XMPP domain with a certificate from `ca_file`.
+        self.starttls = not is_loopback(host) if starttls is None else starttls
+        self._ca_file = ca_file
         self._plugins = tuple(plugins)
         self._sm_window = sm_window
         self._allow_resume = allow_resume
@@ -173,7 +211,13 @@ class Connection:
     async def run(self, on_online: OnOnline) -> None:
         """Keep a session up; run `on_online(client, resumed)` for each session until it ends."""
         client = make_client(
-            self.jid, self._password, self._plugins, self._sm_window, self._allow_resume
+            self.jid,
+            self._password,
+            self._plugins,
+            self._sm_window,
+            self._allow_resume,
+            starttls=self.starttls,
+            ca_file=self._ca_file,
         )
         if self._setup is not None:
             self._setup(client)
@@ -230,6 +274,8 @@ class Connection:
                 "failed_all_auth",
                 "connection_failed",
                 "disconnected",
+                # Handled here, slixmpp leaves the connection to us instead of dropping it.
+                "ssl_invalid_chain",
             )
         }
         for name, handler in handlers.items():
@@ -246,16 +292,23 @@ class Connection:
             self.sessions += 1
             set_tcp_nodelay(client)
             log.info(
-                "%s: session %s with %s:%d",
+                "%s: session %s with %s:%d%s",
                 self.jid,
                 "resumed" if kind == "session_resumed" else "started",
                 self.host,
                 self.port,
+                " over TLS" if is_encrypted(client) else "",
             )
             return kind == "session_resumed"
+        secured = "starttls" in client.features
         # Stop slixmpp's own retry schedule: this loop decides when to try again.
         client.cancel_connection_attempt()
         await self._drop(client)
+        if kind == "ssl_invalid_chain":
+            raise _AttemptFailed(f"the server's certificate is not trusted: {data}")
+        if kind == "failed_all_auth" and self.starttls and not secured:
+            # Not the credentials: no STARTTLS was offered, so the password was never sent.
+            raise _AttemptFailed("the server offered no STARTTLS")
         if kind == "failed_all_auth":
             raise XmppAuthError(f"{self.jid}: the server refused the credentials")
         raise _AttemptFailed(f"{kind}: {data}")

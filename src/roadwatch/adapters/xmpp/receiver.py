@@ -232,6 +232,7 @@ class EventReceiver:
             plugins=("xep_0004", "xep_0060", "xep_0313"),
             presence=True,
             setup=self._setup,
+            ca_file=settings.tls_trusted_ca,
         )
 
     # -- public -----------------------------------------------------------------------------

@@ -77,6 +77,7 @@ class EventSender:
             port=settings.xmpp_port,
             sm_window=SM_WINDOW,
             setup=self._setup,
+            ca_file=settings.tls_trusted_ca,
         )
 
     # -- the event loop ---------------------------------------------------------------------
