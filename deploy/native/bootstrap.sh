@@ -11,11 +11,12 @@ want_test=0
 say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
 
 # Servers of SPEC §1, supervisor (which runs them all under `make up`) and the tools the
-# runner calls.
+# runner calls (openssl makes the local CA and the servers' certificate).
 packages=(mosquitto mosquitto-clients prosody lua-dbi-mysql lua-unbound mariadb-server
-          mariadb-client apache2 supervisor python3-venv)
+          mariadb-client apache2 supervisor python3-venv openssl)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
-[ "$want_test" = 1 ] && packages+=(chromium)
+# profanity: the tests log in with an XMPP client people use (tests/integration/test_tls_clients.py).
+[ "$want_test" = 1 ] && packages+=(chromium profanity)
 
 missing=()
 for pkg in "${packages[@]}"; do
