@@ -133,10 +133,23 @@ VirtualHost(domain)
 	-- deploy/prosody/modules: no account of this host logs in over BOSH (browsers only, and
 	-- they are anonymous on their own host); only gateway@ sends messages to collector@, so no
 	-- other account fills its archive.
-	modules_enabled = { "archive_guard", "bosh_fence", "collector_inbox" }
+	-- deploy/prosody/modules: every other account's input rate and the messages stored for it
+	-- are bounded (docs/DESIGN.md, "XMPP"); the service accounts carry the whole event flow
+	-- and are exempt.
+	modules_enabled = { "archive_guard", "bosh_fence", "collector_inbox", "account_limits" }
 	archive_guard_readers = { "collector@" .. domain }
 	collector_inbox_owner = "collector@" .. domain
 	collector_inbox_sender = "gateway@" .. domain
+	account_limits_exempt = { "gateway@" .. domain, "collector@" .. domain }
+	-- Bytes/s read from an account's connections, after a burst of 2 s; 0 turns it off.
+	account_limits_input_rate = env_number("ROADWATCH_PROSODY_INPUT_RATE", 10240)
+	-- Copies an account may have stored (archive and offline) at once, then per day.
+	account_limits_burst_messages = env_number("ROADWATCH_PROSODY_STORED_BURST", 300)
+	account_limits_daily_messages = env_number("ROADWATCH_PROSODY_STORED_PER_DAY", 1000)
+	account_limits_burst_bytes = env_number("ROADWATCH_PROSODY_STORED_BURST_BYTES", 1048576)
+	account_limits_daily_bytes = env_number("ROADWATCH_PROSODY_STORED_BYTES_PER_DAY", 4194304)
+	-- Offline messages never expire: an account holds at most this many.
+	account_limits_offline_messages = env_number("ROADWATCH_PROSODY_OFFLINE_MAX", 100)
 
 -- Browsers log in anonymously over BOSH; nothing of theirs is worth keeping on disk.
 VirtualHost(anonymous_domain)
