@@ -7,12 +7,16 @@ accidents), dozens of zones, every rule on. What bounds it is printed per stage.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
+from pathlib import Path
 
 import orjson
 
+from roadwatch.adapters.accounts import AccountRegistry, TrustRegistry
+from roadwatch.domain.accounts import AccountKind, effective_station_type
 from roadwatch.domain.detector import DetectionRules, Detector
-from roadwatch.domain.messages import parse_message
+from roadwatch.domain.messages import Cam, Denm, parse_message
 from roadwatch.domain.zones import Zone, zones_from_geojson
 from roadwatch.runner.templates import deploy_dir
 from roadwatch.simulation.demo import CENTRE_LAT, CENTRE_LON, DemoTraffic
@@ -50,6 +54,27 @@ def make_trace() -> list[tuple[str, bytes]]:
     return trace
 
 
+def time_trust(messages: list[Cam | Denm]) -> tuple[float, int]:
+    """Time the gateway's trust step over `messages`, half their stations owned by accounts."""
+    stations = sorted({message.station_id for message in messages})
+    with tempfile.TemporaryDirectory() as folder:
+        registry = AccountRegistry(Path(folder))
+        kinds = (AccountKind.VEHICLE, AccountKind.EMERGENCY, AccountKind.OPERATOR)
+        owned = stations[::2]
+        for kind in kinds:
+            batch = {name: "bench" for name in owned[kinds.index(kind) :: len(kinds)]}
+            registry.put(batch, kind)
+        trust = TrustRegistry(registry.registry_file)
+        started = time.perf_counter()
+        for message in messages:
+            effective_station_type(
+                message.station_type,
+                trust.trust_of(message.station_id, started),
+                believe_declared=True,
+            )
+        return time.perf_counter() - started, len(owned)
+
+
 def main() -> None:
     trace = make_trace()
     zones = zones_from_geojson(
@@ -64,6 +89,8 @@ def main() -> None:
         parse_message(topic, payload, now_ms)
     parse_s = time.perf_counter() - started
 
+    trust_s, accounts = time_trust(messages)
+
     detector = Detector(DetectionRules(), zones)
     started = time.perf_counter()
     events = sum(len(detector.process(message)) for message in messages)
@@ -77,6 +104,10 @@ def main() -> None:
     print(
         f"  validation (orjson + checks)  {total / parse_s:>10,.0f} msg/s "
         f"({parse_s / total * 1e6:.2f} µs each)"
+    )
+    print(
+        f"  account trust ({accounts:,} accounts) {total / trust_s:>10,.0f} msg/s "
+        f"({trust_s / total * 1e6:.2f} µs each)"
     )
     print(
         f"  detection (all rules)         {total / detect_s:>10,.0f} msg/s "
