@@ -6,14 +6,24 @@
 #   - the base image debian:bookworm-slim: pulled when a registry answers, else made with
 #     debootstrap from the machine's own Debian mirror and imported;
 #   - .env with the generated secrets (the same file `make up` uses);
+#   - the certificates (runner/tls.py): the local CA and server certificate of `make up`, or the
+#     operator's own, laid out for the containers in <tls dir>/containers/ (each server's copy
+#     of the key owned by its account in its image);
 #   - the web assets (web/vendor/) and the Python wheels of RoadWatch's dependencies, at the
 #     versions of .venv, in build/docker/wheels/ (the Python image installs them offline).
-# Usage: deploy/compose/prepare.sh [--env-file PATH]
+# Usage: deploy/compose/prepare.sh [--env-file PATH] [--tls-dir DIR]   (DIR: .run/tls)
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 env_file=.env
-[ "${1:-}" = "--env-file" ] && env_file=$2
+tls_dir=.run/tls
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --env-file) env_file=$2; shift 2 ;;
+    --tls-dir) tls_dir=$2; shift 2 ;;
+    *) echo "usage: $0 [--env-file PATH] [--tls-dir DIR]" >&2; exit 2 ;;
+  esac
+done
 
 BASE_IMAGE=debian:bookworm-slim
 DOCKER_DIR=.run/docker
@@ -129,6 +139,20 @@ if added:
 EOF
 }
 
+make_certificates() {
+  ROADWATCH_ENV_TARGET=$env_file ROADWATCH_TLS_TARGET=$tls_dir .venv/bin/python - <<'EOF'
+import os
+from pathlib import Path
+
+from roadwatch.runner.tls import prepare_for_containers
+from roadwatch.settings import Settings
+
+settings = Settings(_env_file=os.environ["ROADWATCH_ENV_TARGET"])
+out = prepare_for_containers(settings, Path(os.environ["ROADWATCH_TLS_TARGET"]))
+print(f"certificates for the containers in {out}/ (clients trust {out}/ca/ca.crt)")
+EOF
+}
+
 build_wheels() {
   # Rebuilt only when the dependencies may have changed.
   local stamp=$WHEELS/.built
@@ -162,4 +186,5 @@ start_dockerd
 make_base_image
 [ -x .venv/bin/python ] && [ -d web/vendor ] || deploy/native/bootstrap.sh
 make_env_file
+make_certificates
 build_wheels

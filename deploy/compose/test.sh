@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make compose-test`: the compose deployment built and booted for real, then checked end to
 # end. Static checks (docker-compose config, hadolint), build (cached between runs), start
-# under a project of its own on free loopback ports with fresh secrets and two gateway
-# instances sharing the load (profile `scaled`), wait for every healthcheck, run
+# under a project of its own on free loopback ports with fresh secrets, a fresh CA and two
+# gateway instances sharing the load (profile `scaled`), wait for every healthcheck, run
 # tests/compose/, and always tear down (containers, networks, volumes).
 set -euo pipefail
 
@@ -20,18 +20,24 @@ elapsed() { echo "$((SECONDS - started)) s"; }
 docker_was_running=0
 docker info >/dev/null 2>&1 && docker_was_running=1
 
-# Fresh secrets every run (the volumes go with the run), and ports nobody else uses.
+# Fresh secrets and a fresh CA every run (the volumes go with the run), and ports nobody else
+# uses, all on loopback.
 mkdir -p "$work"
-rm -f "$env_file"
-deploy/compose/prepare.sh --env-file "$env_file"
-free_ports=$(.venv/bin/python -c 'from roadwatch.runner.process import free_port
-print(free_port(), free_port())')
-read -r http_port mqtt_port <<<"$free_ports"
+rm -rf "$env_file" "$work/tls"
+deploy/compose/prepare.sh --env-file "$env_file" --tls-dir "$work/tls"
+free_ports=$(.venv/bin/python -c 'from roadwatch.runner.private import free_ports
+print(*free_ports(4))')
+read -r http_port mqtt_port mqtt_tls_port xmpp_port <<<"$free_ports"
 cat >>"$env_file" <<EOF
 ROADWATCH_HTTP_PORT=$http_port
 ROADWATCH_MQTT_PORT=$mqtt_port
+ROADWATCH_MQTT_TLS_PORT=$mqtt_tls_port
+ROADWATCH_XMPP_PORT=$xmpp_port
 ROADWATCH_HTTP_BIND=127.0.0.1
 ROADWATCH_MQTT_BIND=127.0.0.1
+ROADWATCH_MQTT_TLS_BIND=127.0.0.1
+ROADWATCH_XMPP_BIND=127.0.0.1
+ROADWATCH_COMPOSE_TLS_DIR=./$work/tls/containers
 ROADWATCH_GATEWAY_PARTITIONS=2
 EOF
 
@@ -78,7 +84,7 @@ say "building the images ($(elapsed))"
 "${compose[@]}" build --parallel --quiet mysql mosquitto prosody api apache >"$work/build.log" 2>&1 ||
   { tail -n 40 "$work/build.log" >&2; exit 1; }
 
-say "starting the stack on http://127.0.0.1:$http_port/ and mqtt://127.0.0.1:$mqtt_port ($(elapsed))"
+say "starting the stack on http://127.0.0.1:$http_port/, mqtts://127.0.0.1:$mqtt_tls_port and xmpp 127.0.0.1:$xmpp_port ($(elapsed))"
 "${compose[@]}" up --detach --no-build 2>&1 | grep -v '^$' | sed 's/^/    /'
 
 deadline=$((SECONDS + health_timeout))
@@ -106,4 +112,5 @@ done
 say "all healthy ($(elapsed)); end-to-end tests against the containers"
 
 ROADWATCH_COMPOSE_ENV_FILE=$env_file ROADWATCH_COMPOSE_PROJECT=$project \
-  .venv/bin/pytest -q -p no:cacheprovider tests/compose/test_compose_smoke.py
+  .venv/bin/pytest -q -p no:cacheprovider tests/compose/test_compose_smoke.py \
+  tests/compose/test_compose_tls.py

@@ -21,13 +21,17 @@ RUN apt-get update \
 COPY deploy/mosquitto/mosquitto.conf deploy/mosquitto/acl /etc/roadwatch/mosquitto/
 COPY deploy/docker/mosquitto-entrypoint.sh /usr/local/bin/roadwatch-mosquitto
 
-# The broker's folder: password file, ACL, rendered config and persistence (a named volume).
+# The broker's folder: password file, ACL, rendered config and persistence (a named volume);
+# its certificate and key are mounted from the host (compose.yaml).
 ENV ROADWATCH_MOSQUITTO_DIR=/var/lib/mosquitto \
     ROADWATCH_ACCOUNTS_DIR=/var/lib/roadwatch-accounts \
     ROADWATCH_ITS_PREFIX=its \
     ROADWATCH_MQTT_PORT=1883 \
-    ROADWATCH_MQTT_BIND=0.0.0.0
+    ROADWATCH_MQTT_BIND=0.0.0.0 \
+    ROADWATCH_MQTT_TLS_PORT=8883 \
+    ROADWATCH_MQTT_TLS_BIND=0.0.0.0 \
+    ROADWATCH_MOSQUITTO_TLS_DIR=/etc/roadwatch/tls
 
 USER 901
-EXPOSE 1883
+EXPOSE 1883 8883
 ENTRYPOINT ["roadwatch-mosquitto"]

@@ -6,6 +6,14 @@ set -eu
 config=/etc/roadwatch/prosody/prosody.cfg.lua
 domain=${ROADWATCH_XMPP_DOMAIN:-roadwatch.local}
 
+# Without its certificate Prosody would start, but no client could log in from another
+# container (STARTTLS is required there): say so instead.
+tls=${ROADWATCH_PROSODY_TLS_DIR:-/etc/roadwatch/tls}
+if [ ! -r "$tls/server.crt" ] || [ ! -r "$tls/server.key" ]; then
+  echo "no readable server.crt and server.key in $tls: run deploy/compose/prepare.sh" >&2
+  exit 1
+fi
+
 register() {
   case "$2" in
     "") echo "no XMPP password for $1: set it in .env (make up generates it)" >&2; exit 1 ;;

@@ -19,9 +19,11 @@ COPY deploy/prosody/ /etc/roadwatch/prosody/
 COPY deploy/docker/prosody-entrypoint.sh /usr/local/bin/roadwatch-prosody
 COPY deploy/docker/prosody-account.sh /usr/local/bin/roadwatch-xmpp-account
 
-# Listen on the container's network (the file's default is loopback, for the native runner).
+# Listen on the container's network (the file's default is loopback, for the native runner);
+# the certificate and key for c2s are mounted from the host (compose.yaml).
 ENV ROADWATCH_PROSODY_INTERFACE=* \
     ROADWATCH_PROSODY_DATA_DIR=/var/lib/prosody \
+    ROADWATCH_PROSODY_TLS_DIR=/etc/roadwatch/tls \
     ROADWATCH_XMPP_PORT=5222 \
     ROADWATCH_BOSH_PORT=5280 \
     LANG=C.UTF-8

@@ -92,18 +92,33 @@ def test_accident_reports_reach_the_api_and_the_browser(
         page.close()
 
 
-def test_only_apache_and_mosquitto_are_published(deployment: Deployment) -> None:
+def test_only_apache_mosquitto_and_prosodys_c2s_are_published(deployment: Deployment) -> None:
+    # Each service's published ports (`docker ps` also lists the exposed ones, without "->").
     published = {
-        service: ports for service, ports in deployment.containers().items() if "->" in ports
+        service: sorted(part for part in ports.split(", ") if "->" in part)
+        for service, ports in deployment.containers().items()
+        if "->" in ports
     }
-    assert sorted(published) == ["apache", "mosquitto"]
+    assert sorted(published) == ["apache", "mosquitto", "prosody"]
     http = (
         deployment.value("ROADWATCH_HTTP_BIND", "127.0.0.1"),
         deployment.value("ROADWATCH_HTTP_PORT", "8080"),
     )
     mqtt = (deployment.value("ROADWATCH_MQTT_BIND", "127.0.0.1"), deployment.mqtt_port)
-    assert published["apache"] == f"{http[0]}:{http[1]}->8080/tcp"
-    assert published["mosquitto"] == f"{mqtt[0]}:{mqtt[1]}->1883/tcp"
+    mqtts = (
+        deployment.value("ROADWATCH_MQTT_TLS_BIND", "0.0.0.0"),
+        deployment.value("ROADWATCH_MQTT_TLS_PORT", "8883"),
+    )
+    xmpp = (
+        deployment.value("ROADWATCH_XMPP_BIND", "0.0.0.0"),
+        deployment.value("ROADWATCH_XMPP_PORT", "5222"),
+    )
+    assert published["apache"] == [f"{http[0]}:{http[1]}->8080/tcp"]
+    # Plain MQTT for this machine; MQTT over TLS and XMPP (STARTTLS) for clients from outside.
+    assert published["mosquitto"] == sorted(
+        [f"{mqtt[0]}:{mqtt[1]}->1883/tcp", f"{mqtts[0]}:{mqtts[1]}->8883/tcp"]
+    )
+    assert published["prosody"] == [f"{xmpp[0]}:{xmpp[1]}->5222/tcp"]
 
 
 def test_the_simulator_reaches_mosquitto_but_not_mysql(deployment: Deployment) -> None:

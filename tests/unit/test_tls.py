@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -139,3 +140,15 @@ def test_each_server_gets_its_own_copy_with_a_private_key(tmp_path: Path) -> Non
     assert key.read_bytes() == certs.key.read_bytes()
     assert key.stat().st_mode & 0o777 == 0o600
     assert tls.certificate_tag(settings_in(tmp_path))  # a renewal changes the servers' programs
+
+
+def test_containers_get_a_copy_each_owned_by_their_servers_account(tmp_path: Path) -> None:
+    out = tls.prepare_for_containers(settings_in(tmp_path), tmp_path / "tls")
+    assert (out / "ca" / "ca.crt").read_bytes() == (tmp_path / "tls" / "ca.crt").read_bytes()
+    for server, uid in tls.CONTAINER_ACCOUNTS.items():
+        key = out / server / "server.key"
+        assert key.stat().st_mode & 0o777 == 0o600
+        if os.geteuid() == 0:
+            assert key.stat().st_uid == uid and (out / server).stat().st_uid == uid
+    # The CA's own key never goes to a container.
+    assert not list(out.rglob("ca.key"))

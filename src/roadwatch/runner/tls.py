@@ -355,3 +355,33 @@ def certificate_tag(settings: Settings) -> dict[str, str]:
 def probe_host(bind: str) -> str:
     """Return where this machine reaches a listener bound to `bind`."""
     return "127.0.0.1" if bind in ("0.0.0.0", "*", "::", "") else bind
+
+
+# The servers' accounts in their images (deploy/docker/mosquitto.Dockerfile, prosody.Dockerfile):
+# fixed ids, so that files made on the host belong to them inside the containers.
+CONTAINER_ACCOUNTS = {"mosquitto": 901, "prosody": 902}
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def prepare_for_containers(settings: Settings, folder: Path) -> Path:
+    """Lay out the certificates for compose.yaml under `folder`/containers; return that.
+
+    containers/mosquitto and containers/prosody hold each server's certificate and its own
+    copy of the key, owned by the server's account in its image (mounted read-only);
+    containers/ca/ca.crt is what the Python services trust. The CA's key stays in `folder`.
+    """
+    certs = ensure_certificates(settings, folder)
+    out = folder / "containers"
+    out.mkdir(parents=True, exist_ok=True)
+    out.chmod(0o755)
+    for server, uid in CONTAINER_ACCOUNTS.items():
+        target = out / server
+        target.mkdir(exist_ok=True)
+        target.chmod(0o700)
+        give_to((target, *install(certs, target)), uid, uid)
+    trusted = out / "ca"
+    trusted.mkdir(exist_ok=True)
+    trusted.chmod(0o755)
+    # An operator's certificate from a public CA: the services trust what this machine trusts.
+    _copy_if_changed(certs.ca or SYSTEM_CA_BUNDLE, trusted / "ca.crt", 0o644)
+    return out
