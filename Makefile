@@ -4,7 +4,7 @@ VENV := .venv/bin
 export ROADWATCH_DEMO ?= 1
 
 .PHONY: help up down status reset logs test test-unit test-integration test-e2e test-faults lint \
-	bench bootstrap \
+	bench bootstrap docs-diagram \
 	compose-up compose-down compose-test compose-lint
 
 help:
@@ -16,7 +16,8 @@ help:
 	@echo "make test     every test (unit, integration, end to end) on real servers"
 	@echo "make test-faults  every process killed, frozen or stopped under load; nothing lost"
 	@echo "make lint     ruff and mypy"
-	@echo "make bench    performance benchmarks"
+	@echo "make bench    performance benchmarks, written to docs/PERFORMANCE.md"
+	@echo "make docs-diagram  render docs/architecture.svg from docs/architecture.dot (Graphviz)"
 	@echo "make compose-up    the same system as containers (docker-compose), built and started"
 	@echo "make compose-down  stop the containers (volumes are kept)"
 	@echo "make compose-test  build, boot and test the containers end to end, then remove them"
@@ -66,6 +67,12 @@ lint:
 
 bench:
 	@$(VENV)/python -m bench
+
+# The architecture picture: docs/architecture.dot is its source, the SVG is committed beside it.
+docs-diagram:
+	@command -v dot >/dev/null || { apt-get update -qq && apt-get install -y -qq graphviz; }
+	@dot -Tsvg docs/architecture.dot -o docs/architecture.svg
+	@echo "docs/architecture.svg rendered from docs/architecture.dot"
 
 # Containers (compose.yaml): the same deploy/ files, one image per server, one for Python.
 COMPOSE := docker-compose
