@@ -1,7 +1,6 @@
 # RoadWatch: `make up` runs the whole system natively, `make test` runs every test.
 SHELL := /bin/bash
 VENV := .venv/bin
-export ROADWATCH_DEMO ?= 1
 
 .PHONY: help up down status reset logs test test-unit test-integration test-e2e test-faults lint \
 	bench bootstrap docs-diagram \
