@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from roadwatch.runner.envfile import GENERATED, ensure_env_file, read_env_file
+from roadwatch.settings import Settings
 
 CONTRACT_NAMES = {
     "ROADWATCH_MQTT_FLEET_USER",
@@ -47,3 +48,17 @@ def test_two_machines_get_different_secrets(tmp_path: Path) -> None:
     ensure_env_file(one)
     ensure_env_file(two)
     assert read_env_file(one)["ROADWATCH_API_TOKEN"] != read_env_file(two)["ROADWATCH_API_TOKEN"]
+
+
+def test_the_runner_reads_the_file_as_the_settings_do(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text(
+        "export ROADWATCH_API_TOKEN='quoted # not a comment'\n"
+        'ROADWATCH_MYSQL_PASSWORD="with \\"escaped\\" quotes"\n'
+        "ROADWATCH_XMPP_DOMAIN=example.org # a comment\n"
+    )
+    settings = Settings(_env_file=env)  # type: ignore[call-arg]
+    values = read_env_file(env)
+    assert values["ROADWATCH_API_TOKEN"] == settings.api_token.get_secret_value()
+    assert values["ROADWATCH_MYSQL_PASSWORD"] == settings.mysql_password.get_secret_value()
+    assert values["ROADWATCH_XMPP_DOMAIN"] == settings.xmpp_domain == "example.org"

@@ -6,6 +6,8 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from dotenv import dotenv_values
+
 
 def _password() -> str:
     return secrets.token_urlsafe(24)
@@ -31,17 +33,10 @@ _HEADER = """\
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse KEY=VALUE lines (comments and blank lines skipped)."""
-    values: dict[str, str] = {}
+    """The values of an env file, read by python-dotenv as the settings read it."""
     if not path.exists():
-        return values
-    for line in path.read_text().splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#") or "=" not in stripped:
-            continue
-        key, _, value = stripped.partition("=")
-        values[key.strip()] = value.strip().strip("'\"")
-    return values
+        return {}
+    return {key: value or "" for key, value in dotenv_values(path).items()}
 
 
 def ensure_env_file(path: Path) -> list[str]:
