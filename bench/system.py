@@ -137,8 +137,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def private_system(gateways: int = 1, progress: bool = True) -> Iterator[PrivateSystem]:
     """Start the whole system privately; stop it and delete its folder however the block ends.
 
-    `gateways` > 1 runs that many gateway instances sharing the load (README "Scaling the
-    gateway") instead of the single gateway.
+    `gateways` > 1 runs that many gateway instances sharing the load (docs/scaling.md)
+    instead of the single gateway.
     """
     root = Path(tempfile.mkdtemp(prefix="rw-bench-"))
     root.chmod(0o755)  # the servers run as their own users

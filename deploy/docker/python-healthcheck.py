@@ -3,7 +3,7 @@
 
 `roadwatch-healthcheck api` asks the API's own health endpoint (which pings MySQL); the other
 services are ready when their status file is fresh and says so. A gateway sharing the load
-with others (README "Scaling the gateway") writes its status under its instance's name,
+with others (docs/scaling.md) writes its status under its instance's name,
 `gateway-N`.
 
 It runs every few seconds in each container, so it reads the few values it needs straight

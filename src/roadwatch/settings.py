@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     gateway_metrics_port: int = 8001
     collector_metrics_port: int = 8002
     simulator_metrics_port: int = 8003
-    # Several gateway instances sharing the load (README "Scaling the gateway"): how many, and
+    # Several gateway instances sharing the load (docs/scaling.md): how many, and
     # which one this is (0 .. partitions - 1). One partition is a single gateway, as always.
     gateway_partitions: int = Field(1, ge=1, le=64)
     gateway_instance: int = Field(0, ge=0)

@@ -7,7 +7,7 @@
 - mosquitto_pub and mosquitto_sub with their options file (tests/integration/test_mqtt_clients.py).
 
 Each trusts the RoadWatch CA the way OpenSSL-based programs take a CA without any option of
-their own: the SSL_CERT_FILE variable (README, "TLS and outside clients").
+their own: the SSL_CERT_FILE variable (docs/accounts-and-tls.md).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Usage: python custom_host.py HOST PORT SCRIPT [ARGUMENTS...]
 
-The XMPP domain of a RoadWatch server resolves nowhere (SPEC §5, README "TLS and outside
-clients"), so a client must be given the host, as in Gajim's or Conversations' "custom host"
+The XMPP domain of a RoadWatch server resolves nowhere (SPEC §5, docs/accounts-and-tls.md),
+so a client must be given the host, as in Gajim's or Conversations' "custom host"
 field. A slixmpp script calls `connect()` without an address; here that call gets one. Nothing
 else of the script or of slixmpp's defaults changes (STARTTLS, certificate checks, mechanisms).
 """

@@ -1,7 +1,7 @@
 """Debian's own MQTT clients, MQTT 3.1.1 and 5, against the broker's accounts (SPEC §2, §10).
 
 mosquitto_pub and mosquitto_sub run unchanged; their credentials come from their own options
-file (as README shows), so no password is on their command line either.
+file (as docs/accounts-and-tls.md shows), so no password is on their command line either.
 """
 
 from __future__ import annotations

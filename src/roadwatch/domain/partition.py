@@ -1,4 +1,6 @@
-"""Which gateway instance handles which message when several share the load (README, DESIGN).
+"""Which gateway instance handles which message when several share the load.
+
+How to run several, and what they guarantee: docs/scaling.md; why so: docs/DESIGN.md.
 
 Detection state has two kinds of keys, so there are two kinds of owners:
 

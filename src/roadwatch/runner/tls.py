@@ -111,7 +111,7 @@ def ensure_certificates(settings: Settings, folder: Path | None = None) -> Certi
     if not (ca_key.exists() and ca_cert.exists()) or _expires_soon(ca_cert):
         _make_ca(folder, settings)
         log.warning(
-            "made a new local CA, %s: clients must trust it (README, 'TLS and outside clients')",
+            "made a new local CA, %s: clients must trust it (docs/accounts-and-tls.md)",
             ca_cert,
         )
     names = server_names(settings)
