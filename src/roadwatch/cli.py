@@ -63,6 +63,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
 
         app.main(settings)
     elif args.command == "simulate":
+        from roadwatch.runner.accounts import vehicle_provisioner  # noqa: PLC0415
         from roadwatch.services import simulator  # noqa: PLC0415
 
         return simulator.main(
@@ -79,6 +80,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
             network=args.network,
             start_ms=args.start_ms,
             ground_truth=args.ground_truth,
+            provision=vehicle_provisioner(settings) if args.mode == "vehicle" else None,
         )
     return 0
 

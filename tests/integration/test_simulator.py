@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 import pytest
 
 from roadwatch.adapters.mqtt import MqttPublishRefused
+from roadwatch.runner.accounts import vehicle_provisioner
 from roadwatch.runner.mosquitto import Mosquitto
 from roadwatch.services.simulator import (
     DemoSimulation,
@@ -16,7 +17,6 @@ from roadwatch.services.simulator import (
     Sink,
     Summary,
     VehicleSink,
-    mosquitto_provisioner,
     run,
     station_of,
 )
@@ -75,7 +75,7 @@ def test_fleet_mode_delivers_every_vehicle_to_the_gateway(
 def test_vehicle_mode_connects_each_vehicle_as_itself(
     test_settings: Settings, gateway_inbox: Inbox
 ) -> None:
-    sink = VehicleSink(test_settings, mosquitto_provisioner(test_settings))
+    sink = VehicleSink(test_settings, vehicle_provisioner(test_settings))
     try:
         summary = simulate(sink, vehicles=4, seconds=2, prepare=sink.prepare)
         assert set(sink.publishers) == {f"demo-{i:04d}" for i in range(4)}

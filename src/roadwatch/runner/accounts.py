@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from roadwatch.adapters.accounts import AccountRegistry, RegistryError, new_password
@@ -114,3 +115,28 @@ class AccountManager:
         if self._broker.pid() is not None:
             self._broker.reload()
             time.sleep(RELOAD_SETTLE_S)
+
+
+def vehicle_provisioner(settings: Settings) -> Callable[[Mapping[str, str]], None]:
+    """Return what creates the simulator's vehicle accounts (ordinary trust) on the native broker.
+
+    Each call provisions a batch of stations with their passwords in one broker reload.
+    """
+    broker = Mosquitto(settings, RunLayout(settings.run_dir))
+    registry = AccountRegistry(settings.account_folder, settings.its_prefix)
+
+    def provision(accounts: Mapping[str, str]) -> None:
+        if not broker.prepared():
+            raise RegistryError(
+                f"no native broker in {settings.run_dir}: vehicle mode provisions accounts in "
+                "the broker started by `make up`"
+            )
+        try:
+            registry.put(accounts, AccountKind.VEHICLE)
+        except ValueError as exc:
+            raise RegistryError(f"cannot provision vehicle accounts: {exc}") from exc
+        broker.apply_accounts()
+        broker.reload()
+        time.sleep(RELOAD_SETTLE_S)
+
+    return provision

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from roadwatch import paths
 from roadwatch.runner.process import RunnerError
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
@@ -14,22 +14,18 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
 def repo_dir() -> Path:
     """Return the repository root (ROADWATCH_REPO_DIR, else the folder holding deploy/)."""
-    configured = os.environ.get("ROADWATCH_REPO_DIR")
-    if configured:
-        return Path(configured).resolve()
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "deploy").is_dir() and (parent / "pyproject.toml").is_file():
-            return parent
-    raise RunnerError("cannot find the repository's deploy/ folder; set ROADWATCH_REPO_DIR")
+    try:
+        return paths.repo_dir()
+    except paths.RepositoryNotFound as exc:
+        raise RunnerError(str(exc)) from exc
 
 
 def deploy_dir() -> Path:
-    """Return the deploy/ folder shared by the native runner and the containers.
-
-    ROADWATCH_DEPLOY_DIR points elsewhere, for an installed package without the repository.
-    """
-    configured = os.environ.get("ROADWATCH_DEPLOY_DIR")
-    return Path(configured).resolve() if configured else repo_dir() / "deploy"
+    """Return the deploy/ folder shared by the native runner and the containers."""
+    try:
+        return paths.deploy_dir()
+    except paths.RepositoryNotFound as exc:
+        raise RunnerError(str(exc)) from exc
 
 
 def render(text: str, variables: Mapping[str, str]) -> str:

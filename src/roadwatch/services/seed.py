@@ -29,7 +29,7 @@ from roadwatch.adapters.mysql.connection import DbConnection, connect
 from roadwatch.adapters.mysql.store import ms_to_datetime
 from roadwatch.domain.events import EventStatus, EventType, new_event_id
 from roadwatch.domain.hazard import CAUSE_NAMES
-from roadwatch.runner.templates import deploy_dir
+from roadwatch.paths import deploy_dir
 from roadwatch.settings import Settings
 from roadwatch.simulation.network import REIMS_NETWORK_PATH
 

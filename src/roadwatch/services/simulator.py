@@ -309,33 +309,6 @@ class FleetSink:
 Provisioner = Callable[[Mapping[str, str]], None]
 
 
-def mosquitto_provisioner(settings: Settings) -> Provisioner:
-    """Return a function creating vehicle accounts (ordinary trust) on the native broker."""
-    from roadwatch.adapters.accounts import AccountRegistry, RegistryError  # noqa: PLC0415
-    from roadwatch.domain.accounts import AccountKind  # noqa: PLC0415
-    from roadwatch.runner.mosquitto import Mosquitto  # noqa: PLC0415
-    from roadwatch.runner.process import RunLayout  # noqa: PLC0415
-
-    broker = Mosquitto(settings, RunLayout(settings.run_dir))
-    registry = AccountRegistry(settings.account_folder, settings.its_prefix)
-
-    def provision(accounts: Mapping[str, str]) -> None:
-        if not broker.prepared():
-            raise SimulatorError(
-                f"no native broker in {settings.run_dir}: vehicle mode provisions accounts in "
-                "the broker started by `make up`"
-            )
-        try:
-            registry.put(accounts, AccountKind.VEHICLE)
-        except (RegistryError, ValueError) as exc:
-            raise SimulatorError(f"cannot provision vehicle accounts: {exc}") from exc
-        broker.apply_accounts()
-        broker.reload()
-        time.sleep(RELOAD_SETTLE_S)
-
-    return provision
-
-
 @dataclass
 class VehicleSink:
     """One connection per vehicle, authenticated as that vehicle (SPEC §2 ACL)."""
@@ -364,7 +337,10 @@ class VehicleSink:
         if not new:
             return
         accounts = {station: secrets.token_urlsafe(18) for station in new}
-        self.provision(accounts)
+        try:
+            self.provision(accounts)
+        except Exception as exc:  # whatever the provisioner's backend raises, said once
+            raise SimulatorError(f"cannot provision vehicle accounts: {exc}") from exc
         for station, password in accounts.items():
             publisher = BlockingPublisher(
                 MqttEndpoint(
@@ -544,6 +520,33 @@ def run(
     return summary
 
 
+def _make_sink(
+    settings: Settings,
+    mode: str,
+    *,
+    dry_run: bool,
+    vehicles: int,
+    connections: int,
+    provision: Provisioner | None,
+) -> tuple[Sink, Callable[[Iterable[str]], None] | None]:
+    """The sink of one run, and what prepares the stations first (vehicle mode)."""
+    if dry_run:
+        return NullSink(), None
+    if mode == "vehicle":
+        if provision is None:
+            raise SimulatorError("vehicle mode needs the accounts of a native broker (`make up`)")
+        vehicle_sink = VehicleSink(settings, provision)
+        return vehicle_sink, vehicle_sink.prepare
+    fleet = FleetSink(
+        settings,
+        connections,
+        secrets.token_hex(3),
+        offline_limit=offline_limit(vehicles, connections),
+    )
+    fleet.start()
+    return fleet, None
+
+
 def main(
     settings: Settings,
     vehicles: int = 40,
@@ -559,6 +562,7 @@ def main(
     network: Path | None = None,
     start_ms: int | None = None,
     ground_truth: Path | None = None,
+    provision: Provisioner | None = None,
 ) -> int:
     """Entry point of `roadwatch simulate`: run until stopped or for `duration_s`.
 
@@ -598,31 +602,23 @@ def main(
         return 2
     pacer = None if dry_run else Pacer(sim_start, now_ms, speedup)
 
-    sink: Sink
-    prepare: Callable[[Iterable[str]], None] | None = None
-    if dry_run:
-        sink = NullSink()
-    elif mode == "vehicle":
-        if vehicles > MAX_VEHICLE_CONNECTIONS:
-            log.warning(
-                "vehicle mode connects at most %d vehicles; use fleet mode for more",
-                MAX_VEHICLE_CONNECTIONS,
-            )
-        vehicle_sink = VehicleSink(settings, mosquitto_provisioner(settings))
-        sink, prepare = vehicle_sink, vehicle_sink.prepare
-    else:
-        fleet = FleetSink(
-            settings,
-            connections,
-            secrets.token_hex(3),
-            offline_limit=offline_limit(vehicles, connections),
+    if mode == "vehicle" and vehicles > MAX_VEHICLE_CONNECTIONS:
+        log.warning(
+            "vehicle mode connects at most %d vehicles; use fleet mode for more",
+            MAX_VEHICLE_CONNECTIONS,
         )
-        try:
-            fleet.start()
-        except MqttError as exc:
-            log.error("%s", exc)
-            return 1
-        sink = fleet
+    try:
+        sink, prepare = _make_sink(
+            settings,
+            mode,
+            dry_run=dry_run,
+            vehicles=vehicles,
+            connections=connections,
+            provision=provision,
+        )
+    except (MqttError, SimulatorError) as exc:
+        log.error("%s", exc)
+        return 2 if isinstance(exc, SimulatorError) else 1
 
     status = StatusFile(settings.run_dir, "simulator")
     metrics = SimulatorMetrics.serve(settings.simulator_metrics_port, lambda: _connected(sink))

@@ -21,8 +21,7 @@ import orjson
 from roadwatch.adapters.mysql.connection import StoreError
 from roadwatch.adapters.mysql.zones import ZoneStore
 from roadwatch.domain.zones import InvalidZone, Zone, zones_from_geojson
-from roadwatch.runner.process import RunnerError
-from roadwatch.runner.templates import repo_dir
+from roadwatch.paths import RepositoryNotFound, repo_dir
 from roadwatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ def resolve_repo_path(path: Path) -> Path:
         return path
     try:
         return repo_dir() / path
-    except RunnerError:
+    except RepositoryNotFound:
         # An installed package without the repository: the working directory is all we have.
         return Path.cwd() / path
 
