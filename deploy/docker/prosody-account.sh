@@ -1,5 +1,5 @@
 #!/bin/sh
-# The container's XMPP accounts for people who follow the alerts (SPEC §2 `follower`):
+# The container's XMPP accounts for people who follow the alerts (docs/contract/xmpp.md §2):
 #   docker-compose exec prosody roadwatch-xmpp-account add|rotate NAME   prints a new password once
 #   docker-compose exec prosody roadwatch-xmpp-account remove NAME
 set -eu

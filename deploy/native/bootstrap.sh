@@ -10,8 +10,8 @@ want_test=0
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
 
-# Servers of SPEC §1, supervisor (which runs them all under `make up`) and the tools the
-# runner calls (openssl makes the local CA and the servers' certificate).
+# Servers of docs/contract/README.md §1, supervisor (which runs them all under `make up`) and the
+# tools the runner calls (openssl makes the local CA and the servers' certificate).
 packages=(mosquitto mosquitto-clients prosody lua-dbi-mysql lua-unbound mariadb-server
           mariadb-client apache2 supervisor python3-venv openssl)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
@@ -65,7 +65,7 @@ else
   say "Python environment up to date"
 fi
 
-# Browser libraries come from npm and are served by Apache: no CDN (SPEC §8).
+# Browser libraries come from npm and are served by Apache: no CDN (docs/contract/web.md §1).
 if [ ! -d web/node_modules ] || [ web/package.json -nt web/node_modules ]; then
   say "installing web assets from npm"
   (cd web && npm install --no-audit --no-fund --loglevel=error >/dev/null)

@@ -1,5 +1,5 @@
--- RoadWatch's Prosody 0.12 (SPEC §5), used unchanged by the native runner and the container.
--- Everything that differs between the two comes from ROADWATCH_* environment variables.
+-- RoadWatch's Prosody 0.12 (docs/contract/xmpp.md §1), used unchanged by the native runner and the
+-- container. Everything that differs between the two comes from ROADWATCH_* environment variables.
 
 local function env(name, default)
 	local value = os.getenv(name)
@@ -25,7 +25,8 @@ local config_dir = CFG_CONFIGDIR or "."
 
 -- Process --------------------------------------------------------------------------------------
 
--- Without systemd Prosody needs its own pidfile (FACTS); it always runs as the prosody user.
+-- Without systemd Prosody needs its own pidfile (docs/STACK-NOTES.md §6); it always runs as the
+-- prosody user.
 pidfile = env("ROADWATCH_PROSODY_PIDFILE", data_dir .. "/prosody.pid")
 data_path = data_dir
 -- The server certificate of c2s (runner/tls.py: a local CA's, or the operator's own): this
@@ -49,10 +50,11 @@ c2s_interfaces = { c2s_interface }
 http_ports = { env_number("ROADWATCH_BOSH_PORT", 5280) }
 http_interfaces = { interface }
 https_ports = {}
--- No federation (SPEC §5) and no external components: open no listener for them.
+-- No federation (docs/contract/xmpp.md §1) and no external components: open no listener for them.
 s2s_ports = {}
 component_ports = {}
--- Nagle's algorithm adds milliseconds to every event (FACTS): send small stanzas at once.
+-- Nagle's algorithm adds milliseconds to every event (docs/STACK-NOTES.md §3): send small stanzas
+-- at once.
 network_settings = { nagle = false }
 
 -- c2s offers STARTTLS to every client and requires it from all but loopback ones
@@ -61,7 +63,7 @@ network_settings = { nagle = false }
 c2s_require_encryption = true
 disable_sasl_mechanisms = { "PLAIN", "DIGEST-MD5" }
 allow_unencrypted_plain_auth = false
--- Apache terminates the browser's connection and proxies /http-bind here (FACTS).
+-- Apache terminates the browser's connection and proxies /http-bind here (docs/STACK-NOTES.md §7).
 consider_bosh_secure = true
 http_default_host = domain
 allow_registration = false
@@ -77,7 +79,7 @@ modules_enabled = {
 	"smacks", -- XEP-0198: the gateway's one long-lived session survives short breaks
 	"mam", -- XEP-0313: the collector catches up from its archive after a restart
 	"offline",
-	"tls", -- STARTTLS on c2s (SPEC §2 "Transport")
+	"tls", -- STARTTLS on c2s (docs/contract/xmpp.md §7)
 	-- deploy/prosody/modules: loopback clients may skip STARTTLS, nobody else; PubSub
 	-- notifications reach people's clients as a line of text too (with the PubSub component).
 	"c2s_loopback",
@@ -102,7 +104,7 @@ default_archive_policy = true
 archive_expires_after = env("ROADWATCH_PROSODY_ARCHIVE_EXPIRES", "1w")
 max_archive_query_results = 500
 
--- Storage: users, archive, offline messages and PubSub items in MySQL (SPEC §6) -----------------
+-- Storage: users, archive, offline messages and PubSub items in MySQL (docs/contract/storage.md §9)
 
 default_storage = "sql"
 storage = {
@@ -123,7 +125,8 @@ sql_manage_tables = true
 
 -- Hosts ----------------------------------------------------------------------------------------
 
--- The service accounts gateway@ and collector@ (SPEC §5), created by the runner with prosodyctl.
+-- The service accounts gateway@ and collector@ (docs/contract/xmpp.md §2), created by the runner
+-- with prosodyctl.
 VirtualHost(domain)
 	authentication = "internal_hashed"
 	-- deploy/prosody/modules: a message whose archive write fails (MySQL down) is spooled on
@@ -162,9 +165,9 @@ VirtualHost(anonymous_domain)
 	anonymous_fence_protected_host = domain
 	anonymous_fence_pubsub_host = pubsub_domain
 
--- One node per kind of event (SPEC §5). The collector administers the service and so owns the
--- nodes; every other user, anonymous ones included, gets the "open" access model's member rights:
--- read items and subscribe, never create or publish.
+-- One node per kind of event (docs/contract/xmpp.md §5). The collector administers the service and
+-- so owns the nodes; every other user, anonymous ones included, gets the "open" access model's
+-- member rights: read items and subscribe, never create or publish.
 Component(pubsub_domain) "pubsub"
 	name = "RoadWatch events"
 	admins = { "collector@" .. domain }

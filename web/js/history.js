@@ -10,7 +10,8 @@ const TYPES = ["accident", "traffic_jam", "zone_enter", "zone_exit", "hazard"];
 const STATUSES = ["active", "cleared", "instant"];
 const PAGE_SIZES = [10, 25, 50, 100, 250];
 const DEFAULT_PAGE_SIZE = 50;
-// The API's largest page (SPEC §7): an export holds at most this many of the filtered events.
+// The API's largest page (docs/contract/rest-api.md §5): an export holds at most this many of the
+// filtered events.
 const EXPORT_LIMIT = 1000;
 const STATIONS_SHOWN = 3;
 // The event details that have a translated label.

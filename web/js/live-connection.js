@@ -1,6 +1,6 @@
-// The live feed over XMPP: an anonymous BOSH session (same origin, /http-bind) that subscribes
-// to the PubSub nodes and reads their current items, and reconnects by itself with an
-// exponential back-off whenever the session drops (SPEC §5, §8).
+// The live feed over XMPP: an anonymous BOSH session (same origin, /http-bind) that subscribes to
+// the PubSub nodes and reads their current items, and reconnects by itself with an exponential
+// back-off whenever the session drops (docs/contract/xmpp.md §6, docs/contract/web.md §2).
 
 const NS_PUBSUB = "http://jabber.org/protocol/pubsub";
 const NS_PUBSUB_EVENT = "http://jabber.org/protocol/pubsub#event";

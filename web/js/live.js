@@ -704,7 +704,8 @@ function accept(incoming, isLive) {
   let changed = false;
   for (const event of incoming) {
     const known = events.get(event.id);
-    if (known && known.version >= event.version) continue; // the highest version wins (SPEC §4)
+    // The highest version wins (docs/contract/events.md §4).
+    if (known && known.version >= event.version) continue;
     trackOccupancy(event, known);
     if (known) countActive(known, -1);
     countActive(event, 1);

@@ -1,4 +1,4 @@
--- Load on the anonymous (browser) host only (SPEC §5, §10).
+-- Load on the anonymous (browser) host only (docs/contract/xmpp.md §2, §6).
 --
 -- 1. Anonymous sessions may talk to their own host, to the PubSub service and to the servers
 --    themselves, but not to any account of the protected host (gateway@, collector@): such

@@ -1,5 +1,5 @@
--- Load on the services' host (SPEC §10): its accounts (gateway@, collector@, people's own)
--- never log in over BOSH.
+-- Load on the services' host (docs/contract/xmpp.md §2): its accounts (gateway@, collector@,
+-- people's own) never log in over BOSH.
 --
 -- BOSH is the browsers' way in, through Apache, and browsers log in anonymously on their own
 -- host. A BOSH session to this host is offered no stream features (no SASL mechanism, so no

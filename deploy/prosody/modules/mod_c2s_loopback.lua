@@ -1,5 +1,5 @@
 -- Load globally, with c2s_require_encryption = true: every c2s client must start TLS before it
--- may authenticate (SPEC §2 "Transport"), except clients on a loopback address.
+-- may authenticate (docs/contract/xmpp.md §7), except clients on a loopback address.
 --
 -- Prosody 0.12 requires encryption of all c2s clients or of none. Natively our own services
 -- reach c2s on loopback, where nobody can listen in and TLS would only cost them; any other

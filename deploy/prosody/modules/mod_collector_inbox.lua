@@ -1,4 +1,5 @@
--- Load on the services' host (SPEC §5, §10): only the gateway sends messages to the collector.
+-- Load on the services' host (docs/contract/xmpp.md §2): only the gateway sends messages to the
+-- collector.
 --
 -- The collector already ignores events from anyone else, but Prosody would first store each
 -- such message in the collector's archive, kept a week: any account could fill it (22 MB in
