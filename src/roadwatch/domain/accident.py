@@ -1,4 +1,5 @@
-"""Accident detection (SPEC §3): accident DENMs from vehicles become accident events."""
+"""Accident detection (docs/contract/detection.md §4): accident DENMs from vehicles become accident
+events."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ ACCIDENT_CAUSE_CODE = 2
 
 @dataclass(frozen=True, slots=True)
 class AccidentRules:
-    """Thresholds of SPEC §3 "Accident"; times are milliseconds of event time."""
+    """Thresholds of docs/contract/detection.md §4; times are milliseconds of event time."""
 
     radius_m: float = 200.0
     window_ms: int = 600_000

@@ -1,4 +1,4 @@
-"""Account kinds of SPEC §2: what each may publish and how far the detector trusts it.
+"""Account kinds (docs/contract/mqtt.md §8, §9): what each may publish and how far it is trusted.
 
 Trust comes from how an account was provisioned, never from a field its sender writes: the
 gateway replaces the `stationType` a payload declares by the account's own trust level.
@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-# Account names follow the stationId rule of SPEC §2, so a vehicle account is its station.
+# Account names follow the stationId rule of docs/contract/mqtt.md §2, so a vehicle account is its
+# station.
 ACCOUNT_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# ETSI StationType values the detector trusts (SPEC §3).
+# ETSI StationType values the detector trusts (docs/contract/detection.md §3).
 EMERGENCY_STATION_TYPE: Final = 10
 OPERATOR_STATION_TYPE: Final = 15
 TRUSTED_STATION_TYPES: Final = frozenset({EMERGENCY_STATION_TYPE, OPERATOR_STATION_TYPE})
@@ -86,7 +87,7 @@ class Account:
         return cls(name, kind, trust)
 
     def may_publish(self, its_prefix: str) -> tuple[str, ...]:
-        """The MQTT topic filters this account may publish to (SPEC §2)."""
+        """The MQTT topic filters this account may publish to (docs/contract/mqtt.md §8)."""
         if self.kind.publishes_as_vehicle:
             return (f"vehicles/{self.name}/cam", f"vehicles/{self.name}/denm")
         if self.kind is AccountKind.PHONE:
@@ -113,7 +114,7 @@ def effective_station_type(declared: int, trust: Trust | None, *, believe_declar
 
     `trust` is that of the account owning the station, None when no account owns it; then
     only the fleet account can have published (the ACL lets nobody else write there), and its
-    declared type is believed when `believe_declared` (SPEC §2's one exception).
+    declared type is believed when `believe_declared` (the fleet rule of docs/contract/mqtt.md §9).
     """
     if trust is None:
         if believe_declared or declared not in TRUSTED_STATION_TYPES:

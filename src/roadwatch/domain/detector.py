@@ -1,12 +1,13 @@
-"""The detection core (SPEC §3): validated messages in, events out, on event time only.
+"""The detection core (docs/contract/detection.md §1): validated messages in, events out, on event
+time only.
 
-The detection clock
+The detection clock (docs/contract/detection.md §2)
 -------------------
 Expiry and clearing follow the detection clock, which is built from the messages' own
 timestamps (never the wall clock), so a replayed trace yields the same events at any speed.
 A vehicle whose clock runs ahead (validation lets through up to the 5-minute future tolerance
-of SPEC §2) must not drag that clock forward and expire everybody else's state early, so a
-timestamp does not always move it:
+of docs/contract/mqtt.md §6) must not drag that clock forward and expire everybody else's state
+early, so a timestamp does not always move it:
 
 - the first message sets it; a timestamp at most `clock_slack_ms` ahead of the clock moves it
   (ordinary traffic, jitter);
@@ -147,7 +148,8 @@ class Detector:
         """
         if not isinstance(message, Cam):
             return self._process_denm(message) if detect_traffic else []
-        # The CAM path is the hot one (SPEC §10): kept flat, without helper calls when idle.
+        # The CAM path is the hot one (docs/contract/targets.md §3): kept flat, without helper calls
+        # when idle.
         t = message.timestamp_ms
         station_id = message.station_id
         last_seen = self._last_cam_ms
@@ -157,7 +159,8 @@ class Detector:
                 self.stale += 1  # as old as what was forgotten: cannot be told from a duplicate
                 return []
         elif t <= previous:
-            self.stale += 1  # late or duplicate delivery (SPEC §2): changes no state
+            # Late or duplicate delivery (docs/contract/mqtt.md §7): changes no state.
+            self.stale += 1
             return []
         last_seen[station_id] = t
         self.accepted += 1

@@ -1,4 +1,5 @@
-"""The event object of SPEC §4: one shape in XMPP, MySQL, the REST API and the web app."""
+"""The event object of docs/contract/events.md §1: one shape in XMPP, MySQL, the REST API and the
+web app."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class EventType(StrEnum):
 
     @property
     def pubsub_node(self) -> str:
-        """The PubSub node that carries this kind of event (SPEC §5)."""
+        """The PubSub node that carries this kind of event (docs/contract/xmpp.md §5)."""
         if self in (EventType.ZONE_ENTER, EventType.ZONE_EXIT):
             return "zone"
         return self.value
@@ -37,7 +38,7 @@ PUBSUB_NODES: tuple[str, ...] = ("accident", "traffic_jam", "zone", "hazard")
 
 
 class InvalidEvent(ValueError):
-    """An event object that does not follow SPEC §4."""
+    """An event object that does not follow docs/contract/events.md §7."""
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -46,8 +47,9 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 def new_event_id(started_ms: int, *origin: str) -> str:
     """Return a ULID-shaped id: 10 characters of time, then 16 derived from the event's origin.
 
-    Derived, not random, so that replaying a trace yields the same ids (SPEC §3: replay gives
-    the same events) and a restarted gateway cannot mint a second id for one event.
+    Derived, not random, so that replaying a trace yields the same ids
+    (docs/contract/detection.md §1: replay gives the same events) and a restarted gateway cannot
+    mint a second id for one event.
     """
     if started_ms < 0:
         raise InvalidEvent("event time before 1970")
@@ -151,7 +153,7 @@ class Event:
         return replace(self, version=self.version + 1, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the SPEC §4 JSON object."""
+        """Return the JSON object of docs/contract/events.md §1."""
         return {
             "id": self.id,
             "type": self.type.value,
@@ -174,7 +176,10 @@ class Event:
 
     @classmethod
     def from_dict(cls, data: Any) -> Event:
-        """Validate a SPEC §4 object (from XMPP or the database) into an Event."""
+        """Validate an event object (from XMPP or the database) into an Event.
+
+        What is refused: docs/contract/events.md §7.
+        """
         if not isinstance(data, dict):
             raise InvalidEvent("event is not a JSON object")
         try:

@@ -1,4 +1,4 @@
-"""Hazards (SPEC §3 "Other DENM causes"): roadworks, slippery road, low visibility… relayed.
+"""Hazards (docs/contract/detection.md §7): roadworks, slippery road, low visibility… relayed.
 
 One active `hazard` event stands for one cause at one place: the first report raises it (any
 station may report a hazard, unlike an accident), a report of the same cause within the

@@ -1,4 +1,5 @@
-"""The MQTT wire values of SPEC §2 (CAM, DENM, OwnTracks location), validated at the boundary."""
+"""The MQTT wire values of docs/contract/mqtt.md §3 to §5 (CAM, DENM, OwnTracks location), validated
+at the boundary."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from typing import Any
 
 import orjson
 
-# SPEC §2: payloads above 4 KiB are rejected before parsing.
+# docs/contract/mqtt.md §6: payloads above 4 KiB are rejected before parsing.
 MAX_PAYLOAD_BYTES = 4096
-# SPEC §2: timestamps more than 5 minutes ahead of the gateway's clock are rejected.
+# docs/contract/mqtt.md §6: timestamps more than 5 minutes ahead of the gateway's clock are
+# rejected.
 DEFAULT_FUTURE_TOLERANCE_MS = 300_000
-# SPEC §2: OwnTracks positions are treated as passenger cars.
+# docs/contract/mqtt.md §5: OwnTracks positions are treated as passenger cars.
 OWNTRACKS_STATION_TYPE = 5
 MAX_STATION_ID_LEN = 64
 
 _STATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# SPEC §2: phones' stations live in their own namespace, marked by a character no vehicle has.
+# docs/contract/mqtt.md §5: phones' stations live in their own namespace, marked by a character no
+# vehicle has.
 PHONE_SEPARATOR = "."
 # ETSI TS 102 894-2 encodes StationType, CauseCode and SubCauseCode on 0..255.
 _BYTE_MAX = 255
@@ -44,7 +47,8 @@ class RejectReason(StrEnum):
 
 
 class Rejected(Exception):
-    """A message that breaks SPEC §2; `detail` names the field, never echoes the payload."""
+    """A message that breaks docs/contract/mqtt.md §6; `detail` names the field, never echoes the
+    payload."""
 
     def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(reason, detail)
@@ -57,7 +61,8 @@ class Rejected(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Cam:
-    """A vehicle's periodic status (SPEC §2); speed in km/h, heading in degrees from north."""
+    """A vehicle's periodic status (docs/contract/mqtt.md §3); speed in km/h, heading in degrees
+    from north."""
 
     station_id: str
     station_type: int
@@ -70,7 +75,8 @@ class Cam:
 
 @dataclass(frozen=True, slots=True)
 class Denm:
-    """A vehicle's event notification (SPEC §2), possibly withdrawing an earlier one."""
+    """A vehicle's event notification (docs/contract/mqtt.md §4), possibly withdrawing an earlier
+    one."""
 
     station_id: str
     station_type: int

@@ -1,4 +1,5 @@
-"""Traffic-jam detection (SPEC §3): slow traffic per H3 cell and direction becomes jam events.
+"""Traffic-jam detection (docs/contract/detection.md §5): slow traffic per H3 cell and direction
+becomes jam events.
 
 Each (H3 cell, heading quadrant) keeps a sliding window of its reporters' latest speeds. A cell
 jams when enough slow stations report there; neighbouring jammed cells of one direction form one
@@ -44,7 +45,7 @@ _MAX_SPEED_KMH = 400.0
 
 @dataclass(frozen=True, slots=True)
 class JamRules:
-    """Thresholds of SPEC §3 "Traffic jam"; times are milliseconds of event time."""
+    """Thresholds of docs/contract/detection.md §5; times are milliseconds of event time."""
 
     cell_resolution: int = 9
     window_ms: int = 60_000

@@ -1,4 +1,5 @@
-"""Zones (SPEC §3): GeoJSON polygons, a fast point look-up, and zone enter/exit detection."""
+"""Zones (docs/contract/detection.md §6): GeoJSON polygons, a fast point look-up, and zone
+enter/exit detection."""
 
 from __future__ import annotations
 
@@ -347,8 +348,8 @@ def _ring_state(edges: Iterable[_Edge], inside: bool, x: float, y: float) -> int
 def _in_polygons(polygons: Iterable[_PolygonTest], x: float, y: float) -> bool:
     """Tell whether (x, y) is in any polygon: inside or on its exterior, not strictly in a hole.
 
-    SPEC §3: the boundary is inside, a hole's edge included. Judging rings one by one keeps a
-    hole that strays outside its exterior from adding area, whatever a client sends.
+    docs/contract/detection.md §6: the boundary is inside, a hole's edge included. Judging rings one
+    by one keeps a hole that strays outside its exterior from adding area, whatever a client sends.
     """
     for (edges, far), holes in polygons:
         if _ring_state(edges, far, x, y) == _OUT:
@@ -558,7 +559,7 @@ def _cell_size(zones: Iterable[Zone]) -> float:
 
 @dataclass(frozen=True, slots=True)
 class ZoneRules:
-    """Thresholds of SPEC §3 "Zones"; times are milliseconds of event time."""
+    """Thresholds of docs/contract/detection.md §6; times are milliseconds of event time."""
 
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     # Used for zones that set no hysteresis_m of their own.
@@ -650,7 +651,7 @@ class ZoneDetector:
             return events  # older than any timeout: it would already be over
         station = self._stations.get(station_id)
         if station is not None and timestamp_ms <= station.last_ms:
-            return events  # late or duplicate (SPEC §2): changes no state
+            return events  # late or duplicate (docs/contract/mqtt.md §7): changes no state
         found = self._index.ids_at(lat, lon)
         if station is None:
             self._gen += 1
@@ -878,7 +879,7 @@ class ZoneDetector:
                 events.append(
                     _zone_event(EventType.ZONE_EXIT, station_id, station, t, zone, reason="left")
                 )
-        # Exits first (SPEC §3), then enters; each group in zone id order.
+        # Exits first (docs/contract/detection.md §6), then enters; each group in zone id order.
         for zone_id in found:
             if zone_id not in members:
                 kept.append(zone_id)
@@ -894,7 +895,8 @@ class ZoneDetector:
             self._queue_forget(station_id, station)
 
     def _in_band(self, zone: Zone, lat: float, lon: float) -> bool:
-        """Tell whether a position outside `zone` is within its hysteresis band (SPEC §3)."""
+        """Tell whether a position outside `zone` is within its hysteresis band
+        (docs/contract/detection.md §6)."""
         hysteresis = zone.hysteresis_m or self.rules.hysteresis_m
         return hysteresis > 0.0 and _near_m(zone, lat, lon, hysteresis)
 
