@@ -38,12 +38,13 @@ class Settings(BaseSettings):
     environment: str = Field("production", description="`development` allows placeholder secrets")
     log_level: str = "INFO"
 
-    # MQTT (SPEC §2)
+    # MQTT (docs/contract/mqtt.md §1, §8)
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
-    # Address of the plain listener above: loopback, for the services on this machine (SPEC §2).
+    # Address of the plain listener above: loopback, for the services on this machine
+    # (docs/contract/mqtt.md §1).
     mqtt_bind: str = "127.0.0.1"
-    # The TLS listener, for vehicles and phones from other machines (SPEC §2, "Transport"):
+    # The TLS listener, for vehicles and phones from other machines (docs/contract/mqtt.md §1):
     # every interface by default, since that is what it is for; same accounts and ACL.
     mqtt_tls_port: int = 8883
     mqtt_tls_bind: str = "0.0.0.0"
@@ -51,18 +52,20 @@ class Settings(BaseSettings):
     mqtt_gateway_password: SecretStr = SecretStr("")
     mqtt_fleet_user: str = "roadwatch-fleet"
     mqtt_fleet_password: SecretStr = SecretStr("")
-    # Broker-side queue for the gateway's persistent session; see FACTS on max_queued_messages.
+    # Broker-side queue for the gateway's persistent session; see docs/STACK-NOTES.md §2.
     mqtt_gateway_client_id: str = "roadwatch-gateway"
     # The account registry (adapters/accounts.py): kinds, trust, MQTT hashes and ACL sections.
     # Unset, it is `accounts/` in the run folder.
     accounts_dir: Path | None = None
-    # SPEC §2's one exception: the stationType declared for a station no account owns (only the
-    # fleet account may publish there) is believed. Off, such stations are never trusted.
+    # The fleet rule of docs/contract/mqtt.md §9: the stationType declared for a station no account
+    # owns (only the fleet account may publish there) is believed. Off, such stations are never
+    # trusted.
     fleet_declared_trust: bool = True
-    # The topic prefix of its-client accounts (`{prefix}/inQueue/v2x/...`, SPEC §2).
+    # The topic prefix of its-client accounts (`{prefix}/inQueue/v2x/...`,
+    # docs/contract/mqtt.md §10).
     its_prefix: str = Field("its", pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
-    # XMPP (SPEC §5)
+    # XMPP (docs/contract/xmpp.md §1)
     xmpp_domain: str = "roadwatch.local"
     xmpp_host: str = "127.0.0.1"
     xmpp_port: int = 5222
@@ -73,7 +76,7 @@ class Settings(BaseSettings):
     xmpp_gateway_password: SecretStr = SecretStr("")
     xmpp_collector_password: SecretStr = SecretStr("")
 
-    # MySQL (SPEC §6)
+    # MySQL (docs/contract/storage.md §1)
     mysql_host: str = "127.0.0.1"
     mysql_port: int = 3306
     mysql_database: str = "roadwatch"
@@ -108,7 +111,7 @@ class Settings(BaseSettings):
     collector_batch_size: int = 500
     collector_flush_interval_s: float = 0.0
 
-    # Detection thresholds (SPEC §3), all overridable from the environment.
+    # Detection thresholds (docs/contract/detection.md §10), all overridable from the environment.
     accident_radius_m: float = 200.0
     accident_window_s: float = 600.0
     accident_expiry_s: float = 1800.0
@@ -116,7 +119,7 @@ class Settings(BaseSettings):
     # A timestamp this far ahead of the detection clock moves it without confirmation (see
     # docs/DESIGN.md: one vehicle with a fast clock must not expire everybody's state).
     clock_slack_s: float = 10.0
-    # Traffic jams: H3 cells split by direction of travel (SPEC §3).
+    # Traffic jams: H3 cells split by direction of travel (docs/contract/detection.md §5).
     jam_cell_resolution: int = 9
     jam_window_s: float = 60.0
     jam_min_stations: int = 3
@@ -276,7 +279,8 @@ class Settings(BaseSettings):
 
     @property
     def detection_rules(self) -> DetectionRules:
-        """Return the thresholds of every detection rule (SPEC §3), from these settings."""
+        """Return the thresholds of every detection rule (docs/contract/detection.md §10), from
+        these settings."""
         from roadwatch.domain.detector import DetectionRules  # noqa: PLC0415
         from roadwatch.domain.hazard import HazardRules  # noqa: PLC0415
         from roadwatch.domain.traffic_jam import JamRules  # noqa: PLC0415

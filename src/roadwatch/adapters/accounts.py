@@ -1,4 +1,5 @@
-"""The account registry: who may publish what, and how far each account is trusted (SPEC §2).
+"""The account registry: who may publish what, and how far each account is trusted
+(docs/contract/mqtt.md §8, §9).
 
 One folder holds it, shared by the `roadwatch accounts` command (which writes it), the broker
 (which reads the password hashes and ACL rendered from it) and the gateway (which reads each

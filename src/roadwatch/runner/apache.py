@@ -24,7 +24,7 @@ _SECRET_SETTINGS = frozenset(
 
 
 class Apache(Server):
-    """The HTTP front of SPEC §8, configured only through environment variables."""
+    """The HTTP front of docs/contract/web.md §1, configured only through environment variables."""
 
     name = "apache"
     data_folder = "apache"

@@ -34,7 +34,7 @@ SERVICES_PASSWD = "passwd.services"
 
 
 class Mosquitto(Server):
-    """The MQTT broker of SPEC §2, authenticated, with the per-vehicle ACL."""
+    """The MQTT broker of docs/contract/mqtt.md §1, authenticated, with the per-vehicle ACL."""
 
     name = "mosquitto"
     data_folder = "mosquitto"

@@ -23,7 +23,8 @@ from roadwatch.runner.templates import deploy_dir
 
 log = logging.getLogger(__name__)
 
-# Prosody refuses to run as root and half-starts when tried (FACTS): it runs as this account.
+# Prosody refuses to run as root and half-starts when tried (docs/STACK-NOTES.md §6): it runs as
+# this account.
 PROSODY_USER = "prosody"
 START_TIMEOUT_S = 20.0
 PROSODYCTL_TIMEOUT_S = 30.0
@@ -59,7 +60,8 @@ _OPTIONAL_VARIABLES = (
 
 
 class Prosody(Server):
-    """The XMPP server of SPEC §5: c2s, BOSH, PubSub and the archive, stored in MySQL."""
+    """The XMPP server of docs/contract/xmpp.md §1: c2s, BOSH, PubSub and the archive, stored in
+    MySQL."""
 
     name = "prosody"
     data_folder = "prosody"

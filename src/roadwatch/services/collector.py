@@ -43,7 +43,7 @@ PUBLISH_RETRY_BACKOFF = Backoff(initial_s=0.5, factor=2.0, maximum_s=30.0)
 PUBLISH_BACKLOG_MAX = 50_000
 # On each new XMPP session, the events published this recently are published again: a kill -9
 # of Prosody can lose the item writes of its last round of input (docs/DESIGN.md, "PubSub
-# items"), and a node's items must hold the current state of its events (SPEC §5).
+# items"), and a node's items must hold the current state of its events (docs/contract/xmpp.md §5).
 REPUBLISH_WINDOW_S = 10.0
 REPUBLISH_MAX = 20_000
 # How often the figures of Prosody's archive guard (deploy/prosody/modules) are read.

@@ -7,8 +7,9 @@ OwnTracks). A payload given as a string is published as is (bad-input traces), u
 Timestamps are shifted by one offset so that the trace ends "now" while lines are published
 at the pace of their own time deltas divided by the speed-up: with speed-up s ≥ 1,
 `ts' = ts + (start + duration / s - last)`, which keeps every timestamp at or before its
-publication (SPEC §2 refuses timestamps more than 5 minutes ahead) and every delta, hence the
-detected events, unchanged. Below 1 the trace starts "now" instead, for the same guarantee.
+publication (docs/contract/mqtt.md §6 refuses timestamps more than 5 minutes ahead) and every
+delta, hence the detected events, unchanged. Below 1 the trace starts "now" instead, for the same
+guarantee.
 
 The broker may go away mid-replay (a restart): the pacing goes on, QoS 1 publications are kept
 and sent again until acknowledged, QoS 0 ones are kept up to a generous limit (beyond it they

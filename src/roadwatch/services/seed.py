@@ -1,10 +1,10 @@
 """`roadwatch seed-events`: fill the database with many realistic events, fast.
 
-For measuring the API at scale (SPEC §10: REST queries over 1,000,000 events) and for showing
-the statistics pages something. Events of every type, on the Reims road network and in its
-zones, spread over the last days with a daily rhythm, reported by stations from a fixed pool.
-The same seed, count, days and end time give the same rows, and seeding twice inserts nothing
-new (ids are derived from the seed and the event number).
+For measuring the API at scale (docs/contract/targets.md §3: REST queries over 1,000,000 events) and
+for showing the statistics pages something. Events of every type, on the Reims road network and in
+its zones, spread over the last days with a daily rhythm, reported by stations from a fixed pool.
+The same seed, count, days and end time give the same rows, and seeding twice inserts nothing new
+(ids are derived from the seed and the event number).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The simulator service: drives simulated vehicles and publishes their CAMs and DENMs over MQTT.
 
 Fleet mode publishes with the fleet account over a few connections; vehicle mode connects each
-vehicle as itself, so the broker's per-vehicle ACL is exercised (SPEC §2).
+vehicle as itself, so the broker's per-vehicle ACL is exercised (docs/contract/mqtt.md §8).
 
 The simulator outlives broker restarts: its connections come back by themselves, DENMs (QoS 1)
 are kept and sent again until acknowledged, and CAMs (QoS 0) published while the broker is away
@@ -112,8 +112,9 @@ def make_simulation(  # noqa: PLR0917
 ) -> Simulation:
     """Build the simulation: a scenario of the city model on a road network, or the circles.
 
-    `zones` is the GeoJSON zones file whose crossings the scenarios stage (SPEC §3); the
-    hysteresis and timeout are the detector's defaults, which the expected crossings follow.
+    `zones` is the GeoJSON zones file whose crossings the scenarios stage
+    (docs/contract/detection.md §6); the hysteresis and timeout are the detector's defaults, which
+    the expected crossings follow.
     """
     if scenario == CIRCLES_SCENARIO:
         return DemoSimulation(vehicles, seed, start_ms)
@@ -311,7 +312,7 @@ Provisioner = Callable[[Mapping[str, str]], None]
 
 @dataclass
 class VehicleSink:
-    """One connection per vehicle, authenticated as that vehicle (SPEC §2 ACL)."""
+    """One connection per vehicle, authenticated as that vehicle (docs/contract/mqtt.md §8)."""
 
     settings: Settings
     provision: Provisioner

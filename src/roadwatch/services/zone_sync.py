@@ -1,4 +1,5 @@
-"""Keep the gateway's zones in step with the zones table (SPEC §3: changes without a restart).
+"""Keep the gateway's zones in step with the zones table (docs/contract/detection.md §6: changes
+without a restart).
 
 At start the zones file seeds the table, but only while the zones were never seeded nor edited
 (revision 0), so a zone deleted through the API is not brought back. Then one long-lived MySQL
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Retry delays while the database is unreachable: quick at first (a restart takes about a
-# second, see FACTS), capped so that changes still arrive soon after it comes back.
+# second, docs/STACK-NOTES.md §1), capped so that changes still arrive soon after it comes back.
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 10.0
 

@@ -13,7 +13,7 @@ T_GEN_CAM_MAX_MS = 1000
 HEADING_THRESHOLD_DEG = 4.0
 POSITION_THRESHOLD_M = 4.0
 SPEED_THRESHOLD_MPS = 0.5
-# SPEC §2: speed is carried in km/h and must stay within 0..400.
+# docs/contract/mqtt.md §3: speed is carried in km/h and must stay within 0..400.
 MAX_SPEED_KMH = 400.0
 
 
@@ -64,7 +64,7 @@ class CamTrigger:
         return True
 
 
-# Positional, in the order of the SPEC §2 fields.
+# Positional, in the order of the fields of docs/contract/mqtt.md §3.
 def cam_payload(  # noqa: PLR0917
     station_id: str,
     station_type: int,
@@ -74,7 +74,7 @@ def cam_payload(  # noqa: PLR0917
     speed_mps: float,
     heading_deg: float,
 ) -> dict[str, Any]:
-    """Return the SPEC §2 CAM for one vehicle state."""
+    """Return the CAM (docs/contract/mqtt.md §3) for one vehicle state."""
     heading = round(heading_deg % 360.0, 1)
     return {
         "stationId": station_id,
@@ -101,7 +101,7 @@ def denm_publication(
     cause: int,
     termination: str | None = None,
 ) -> Publication:
-    """Return a SPEC §2 DENM on its topic, at QoS 1 as the contract asks."""
+    """Return a DENM on its topic, at QoS 1 (docs/contract/mqtt.md §2, §4)."""
     payload: dict[str, Any] = {
         "stationId": station_id,
         "stationType": station_type,

@@ -35,11 +35,13 @@ KIND_WEIGHTS: tuple[tuple[VehicleKind, float], ...] = (
 )
 # Initial speeds, as a share of the first edge's limit: below every driver's desired speed.
 CRUISE_FACTOR_RANGE = (0.6, 0.85)
-# ETSI TS 102 894-2 "accident", and the station types trusted alone with it (SPEC §2, §3).
+# ETSI TS 102 894-2 "accident", and the station types trusted alone with it
+# (docs/contract/detection.md §4).
 ACCIDENT_CAUSE = 2
 EMERGENCY_STATION_TYPE = 10
 ROAD_OPERATOR_STATION_TYPE = 15
-# Vehicles that witness a crash: ordinary traffic, so that two of them are needed (SPEC §3).
+# Vehicles that witness a crash: ordinary traffic, so that two of them are needed
+# (docs/contract/detection.md §4).
 _WITNESS_KINDS = (VehicleKind.CAR, VehicleKind.BUS, VehicleKind.TRUCK)
 
 
@@ -60,7 +62,8 @@ class CitySimulation:
     ) -> None:
         self.network = network
         self.seed = seed
-        # The zones of SPEC §3, for scenarios that stage crossings, with the detector's defaults.
+        # The zones of docs/contract/detection.md §6, for scenarios that stage crossings, with the
+        # detector's defaults.
         self.zones = list(zones)
         self.zone_hysteresis_m = zone_hysteresis_m
         self.zone_timeout_ms = zone_timeout_ms
@@ -162,7 +165,7 @@ class CitySimulation:
         cause: int,
         termination: str | None = None,
     ) -> Publication:
-        """Return a SPEC §2 DENM stamped with the simulated clock."""
+        """Return a DENM (docs/contract/mqtt.md §4) stamped with the simulated clock."""
         return denm_publication(
             station_id, station_type, self.now_ms, lat, lon, cause=cause, termination=termination
         )
@@ -328,11 +331,11 @@ class Accident(Scenario):
 class Jam(Scenario):
     """A lane closure: 15 km/h on a short stretch of a fast road for a few minutes, and a platoon.
 
-    The stretch is chosen so that the detector sees one jam whatever the traffic (SPEC §3): it
-    lies in one H3 cell, on a road heading well inside one direction quadrant, and ends just
-    before the road leaves that cell, so vehicles speeding up again report from the next cell.
-    Platoon cars join upstream at cruising speed and brake into it; none joins while a queue
-    stands before it, so the queue never grows into the cells upstream.
+    The stretch is chosen so that the detector sees one jam whatever the traffic
+    (docs/contract/detection.md §5): it lies in one H3 cell, on a road heading well inside one
+    direction quadrant, and ends just before the road leaves that cell, so vehicles speeding up
+    again report from the next cell. Platoon cars join upstream at cruising speed and brake into it;
+    none joins while a queue stands before it, so the queue never grows into the cells upstream.
     """
 
     name = "jam"
@@ -344,10 +347,11 @@ class Jam(Scenario):
     NEAR_M = 700.0
     # The jam event's position (the middle of its cells) lies this close to the closure.
     SITE_RADIUS_M = 500.0
-    # How long after the lifting the jam must have cleared (SPEC §3: 120 s of free flow).
+    # How long after the lifting the jam must have cleared (docs/contract/detection.md §5: 120 s of
+    # free flow).
     CLEAR_AFTER_S = 240.0
     MIN_POSTED_KMH = 70.0
-    # The jam detector's cells (SPEC §3, "for example H3 resolution 9").
+    # The jam detector's cells (docs/contract/detection.md §5: H3 resolution 9).
     CELL_RESOLUTION = 9
     # The closure: at most this long, and at least that.
     SECTION_MAX_M = 150.0
@@ -405,7 +409,7 @@ class Jam(Scenario):
         for vehicle in sim.traffic.vehicles:
             for edge in vehicle.route:
                 # A fast road: once the limit is lifted, traffic clears it at over 50 km/h
-                # (SPEC §3), which drivers on a 50 km/h street never average.
+                # (docs/contract/detection.md §5), which drivers on a 50 km/h street never average.
                 if (
                     isinstance(edge, Edge)
                     and edge.speed_limit_kmh >= self.MIN_POSTED_KMH
@@ -544,7 +548,8 @@ class Jam(Scenario):
 
 def _one_quadrant(edge: Edge, from_m: float, to_m: float) -> bool:
     """Tell whether the edge between two offsets heads well inside one jam-detector quadrant."""
-    # A queue straddling two quadrants is two jams to the detector (SPEC §3: split by direction).
+    # A queue straddling two quadrants is two jams to the detector (docs/contract/detection.md §5:
+    # split by direction).
     headings = [
         heading
         for heading, begin, end in zip(
@@ -568,7 +573,7 @@ class ZoneTours(Scenario):
 
     Each one starts and ends outside every zone, on a route through one of the zones (in turn),
     and leaves the network at its end. The expected crossings come from the positions the
-    vehicles publish and the zone polygons, by the rules of SPEC §3.
+    vehicles publish and the zone polygons, by the rules of docs/contract/detection.md §6.
     """
 
     name = "zones"

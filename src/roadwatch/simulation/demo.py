@@ -13,7 +13,8 @@ CENTRE_LAT = 49.2536
 CENTRE_LON = 4.0340
 METRES_PER_DEG_LAT = 111_320.0
 ACCIDENT_EVERY_MS = 180_000
-# A road operator withdraws each accident this long after it happened (SPEC §3 clearing).
+# A road operator withdraws each accident this long after it happened
+# (docs/contract/detection.md §3).
 ACCIDENT_CLEARED_AFTER_MS = 120_000
 STATION_TYPES = (5, 5, 5, 5, 6, 8)  # mostly cars, some buses and trucks
 
@@ -95,7 +96,8 @@ class DemoTraffic:
         return out
 
     def _accident(self) -> list[Publication]:
-        """Two vehicles report an accident a few metres apart (SPEC §3: two reporters)."""
+        """Two vehicles report an accident a few metres apart (docs/contract/detection.md §4: two
+        reporters)."""
         self.accidents += 1
         first, second = (
             self.rng.sample(self.vehicles, 2)

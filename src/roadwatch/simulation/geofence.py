@@ -1,7 +1,8 @@
-"""Zone outlines for staging zone crossings, and the crossings SPEC §3 says they cause.
+"""Zone outlines for staging zone crossings, and the crossings docs/contract/detection.md §6 says
+they cause.
 
 Written apart from the detector on purpose: the simulator's ground truth is derived from the
-published positions and the polygons by the rules of the specification alone, so it checks
+published positions and the polygons by those rules alone, so it checks
 the detector rather than repeating it.
 """
 
@@ -22,7 +23,7 @@ Ring = tuple[tuple[float, float], ...]
 # A polygon: its exterior ring, then its holes.
 Polygon = tuple[Ring, ...]
 
-# SPEC §3: a station silent this long while inside a zone gets a timeout exit.
+# docs/contract/detection.md §6: a station silent this long while inside a zone gets a timeout exit.
 DEFAULT_TIMEOUT_MS = 600_000
 
 
@@ -40,7 +41,8 @@ class ZoneShape:
     hysteresis_m: float = 0.0
 
     def contains(self, lat: float, lon: float) -> bool:
-        """Tell whether the point is inside; SPEC §3: a point on the boundary is inside."""
+        """Tell whether the point is inside; docs/contract/detection.md §6: a point on the boundary
+        is inside."""
         for exterior, *holes in self.polygons:
             if _ring_side(exterior, lat, lon) < 0:
                 continue
@@ -130,7 +132,8 @@ class _Membership:
 
 
 class CrossingTruth:
-    """The zone_enter / zone_exit events that SPEC §3 derives from stations' positions.
+    """The zone_enter / zone_exit events that docs/contract/detection.md §6 derives from stations'
+    positions.
 
     Feed each station's published positions in time order; `expected()` lists the crossings,
     with the timeout exits of stations gone silent inside a zone by the given clock.
@@ -162,7 +165,7 @@ class CrossingTruth:
                 kept.append(zone_id)
             else:
                 self._events.append(_crossing("zone_exit", station, zone_id, t_ms, "left"))
-        # SPEC §3: the exits of one message come before its enters.
+        # docs/contract/detection.md §6: the exits of one message come before its enters.
         for zone_id in found:
             if zone_id not in state.inside:
                 kept.append(zone_id)

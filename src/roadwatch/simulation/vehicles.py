@@ -55,7 +55,8 @@ class KindProfile:
 
 
 class VehicleKind(Enum):
-    """The kinds of vehicle simulated, each with its ETSI station type (SPEC §2)."""
+    """The kinds of vehicle simulated, each with its ETSI station type
+    (docs/contract/mqtt.md §3)."""
 
     # Trucks and buses: EU speed limiters at 90 and 100 km/h (Directive 92/6/EEC).
     # The kind's speed factor times the driver's stays within 1.05, inside the limit + 10 % margin.

@@ -1,4 +1,5 @@
-"""MySQL adapter: connections, versioned migrations and the event store (SPEC §6)."""
+"""MySQL adapter: connections, versioned migrations and the event store
+(docs/contract/storage.md §7, §8)."""
 
 from roadwatch.adapters.mysql.connection import (
     ConnectionPool,

@@ -1,4 +1,5 @@
-"""Event statistics of SPEC §7 (summary, time series, hotspots), fast over a million events.
+"""Event statistics of docs/contract/rest-api.md §9 (summary, time series, hotspots), fast over a
+million events.
 
 Whole hours are read from `event_counts_hourly` and whole days of cells from
 `event_cells_daily`, both kept equal to the events table by triggers (migration 0004); only the

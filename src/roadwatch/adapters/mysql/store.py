@@ -1,4 +1,5 @@
-"""The event store of SPEC §6: idempotent batched upserts and keyset-paginated reads."""
+"""The event store of docs/contract/storage.md §7: idempotent batched upserts and keyset-paginated
+reads."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The zone store of SPEC §6 and §7: zones as GeoJSON Features, a change counter, occupancy."""
+"""The zone store of docs/contract/storage.md §4 and docs/contract/rest-api.md §8: zones as GeoJSON
+Features, a change counter, occupancy."""
 
 from __future__ import annotations
 

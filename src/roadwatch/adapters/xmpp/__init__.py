@@ -1,4 +1,5 @@
-"""XMPP adapter (SPEC §5): the gateway's EventSender and the collector's EventReceiver."""
+"""XMPP adapter (docs/contract/xmpp.md §3, §4, §5): the gateway's EventSender and the collector's
+EventReceiver."""
 
 # Nothing connects at import: each client is created inside its `run()`, in the running loop.
 

@@ -1,7 +1,7 @@
 """One long-lived XMPP session kept up by an explicit reconnect loop, for sender and receiver."""
 
-# The slixmpp client is created inside the running loop (slixmpp hangs otherwise, FACTS), and
-# only when `run()` starts.
+# The slixmpp client is created inside the running loop (slixmpp hangs otherwise,
+# docs/STACK-NOTES.md §5), and only when `run()` starts.
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ class Backoff:
             delay = min(self.maximum_s, delay * self.factor)
 
 
-# Short first: a Prosody restart takes under a second (FACTS), and XEP-0198 resumption only
-# works within the server's smacks_hibernation_time (10 s in deploy/prosody).
+# Short first: a Prosody restart takes under a second (docs/STACK-NOTES.md §1), and XEP-0198
+# resumption only works within the server's smacks_hibernation_time (10 s in deploy/prosody).
 RECONNECT_BACKOFF = Backoff(initial_s=0.25, factor=2.0, maximum_s=15.0)
 # A session that lasted this long was healthy: the next failure starts the back-off again.
 STABLE_SESSION_S = 30.0
@@ -120,7 +120,8 @@ def is_encrypted(client: ClientXMPP) -> bool:
 
 
 def set_tcp_nodelay(client: ClientXMPP) -> None:
-    """Turn Nagle's algorithm off on the client's socket (FACTS: it adds milliseconds)."""
+    """Turn Nagle's algorithm off on the client's socket (docs/STACK-NOTES.md §3: it adds
+    milliseconds)."""
     transport = client.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:

@@ -1,4 +1,5 @@
-"""The collector's side of SPEC §5: receive events, catch up from the archive, publish to PubSub."""
+"""The collector's side of docs/contract/xmpp.md §4, §5: receive events, catch up from the archive,
+publish to PubSub."""
 
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ NODE_CONFIG: dict[str, str] = {
     "pubsub#access_model": "open",  # any user of the server, anonymous included, may read
     "pubsub#publish_model": "publishers",  # only the owner (the collector) publishes
     "pubsub#persist_items": "1",
-    "pubsub#max_items": "max",  # items are the current state of the events (SPEC §5)
+    # Items are the current state of the events (docs/contract/xmpp.md §5).
+    "pubsub#max_items": "max",
     "pubsub#send_last_published_item": "never",
     "pubsub#deliver_payloads": "1",
     "pubsub#notification_type": "headline",  # never stored offline for a browser
@@ -173,15 +175,15 @@ class ThrottledLog:
         self._log.warning(text + suffix, *args)
 
 
-# Contract with the caller (SPEC §5, §10): `on_event` returns once the event is stored. Up to
-# `max_in_flight` calls run at once, so a handler that waits for a batched write does not
-# serialise the stream; a call that raises is retried with back-off until it succeeds, so it
-# should raise only for transient failures (the database being down) and deal itself with the
-# events it refuses. On every (re)connect the receiver replays its XEP-0313 archive after the
-# position from `load_position` (the whole archive when that is None), and reports through
-# `save_position` the newest archive id up to which every message was handled. An event may
-# thus arrive twice (live and from the archive): the handler must be idempotent by id and
-# version. Messages from anyone but the gateway, and bad payloads, are counted and skipped.
+# Contract with the caller (docs/contract/xmpp.md §4, docs/contract/targets.md §4): `on_event`
+# returns once the event is stored. Up to `max_in_flight` calls run at once, so a handler that waits
+# for a batched write does not serialise the stream; a call that raises is retried with back-off
+# until it succeeds, so it should raise only for transient failures (the database being down) and
+# deal itself with the events it refuses. On every (re)connect the receiver replays its XEP-0313
+# archive after the position from `load_position` (the whole archive when that is None), and reports
+# through `save_position` the newest archive id up to which every message was handled. An event may
+# thus arrive twice (live and from the archive): the handler must be idempotent by id and version.
+# Messages from anyone but the gateway, and bad payloads, are counted and skipped.
 class EventReceiver:
     """Receive the gateway's events as collector@, losing none across restarts."""
 
@@ -321,7 +323,8 @@ class EventReceiver:
                 except PubSubError as exc:
                     if exc.condition != "item-not-found":
                         raise
-                    # The node was deleted behind our back: the nodes always exist (SPEC §5).
+                    # The node was deleted behind our back: the nodes always exist
+                    # (docs/contract/xmpp.md §5).
                     await self._ensure_node(client, node)
                     await self._publish_item(client, node, event, timeout_s)
             except PubSubError:

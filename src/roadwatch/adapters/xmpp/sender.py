@@ -1,4 +1,5 @@
-"""The gateway's side of SPEC §5: send each event to collector@ over one long-lived session."""
+"""The gateway's side of docs/contract/xmpp.md §3: send each event to collector@ over one long-lived
+session."""
 
 from __future__ import annotations
 
@@ -48,11 +49,11 @@ class SenderStats:
     unsent_at_close: int = 0
 
 
-# Choices (SPEC §5, §10): `send()` waits while the queue is full: back-pressure on the caller
-# (the gateway's outbox), counted in `stats.blocked_submits` and logged at a limited rate. No
-# event is ever dropped silently. Events the server has not acknowledged (XEP-0198) are sent
-# again on the next session, so the collector may see one twice; its store is idempotent by id
-# and version.
+# Choices (docs/contract/xmpp.md §3, docs/contract/targets.md §4): `send()` waits while the queue is
+# full: back-pressure on the caller (the gateway's outbox), counted in `stats.blocked_submits` and
+# logged at a limited rate. No event is ever dropped silently. Events the server has not
+# acknowledged (XEP-0198) are sent again on the next session, so the collector may see one twice;
+# its store is idempotent by id and version.
 class EventSender:
     """Send events to collector@ over one long-lived XEP-0198 session, reconnecting as needed."""
 

@@ -1,4 +1,5 @@
-"""Read and write the wire format of SPEC §5: events in XEP-0335 JSON containers."""
+"""Read and write the wire format of docs/contract/xmpp.md §3: events in XEP-0335 JSON
+containers."""
 
 # Pure functions over ElementTree elements, kept apart from any client behaviour.
 
@@ -25,7 +26,8 @@ MAX_PAYLOAD_CHARS = 64 * 1024
 
 
 def event_element(event: Event) -> ET.Element:
-    """Return <json xmlns='urn:xmpp:json:0'> holding the SPEC §4 object of `event`."""
+    """Return <json xmlns='urn:xmpp:json:0'> holding the object (docs/contract/events.md §1) of
+    `event`."""
     element = ET.Element(JSON_TAG)
     element.text = event.to_json().decode()
     return element

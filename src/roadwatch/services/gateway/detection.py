@@ -59,7 +59,8 @@ class Detection:
         self._future_tolerance_ms = round(settings.future_tolerance_s * 1000)
         self.accounts = TrustRegistry(settings.account_folder / REGISTRY_FILE)
         self._believe_fleet = settings.fleet_declared_trust
-        # Messages declaring a trusted stationType their account may not claim (SPEC §2).
+        # Messages declaring a trusted stationType their account may not claim
+        # (docs/contract/mqtt.md §9).
         self.trust_refused = 0
 
     def parse(self, topic: str, payload: bytes, now: float) -> Cam | Denm | None:
