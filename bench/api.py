@@ -1,4 +1,5 @@
-"""REST queries over 1,000,000 events (SPEC §10: p95 < 100 ms), through the real API over HTTP.
+"""REST queries over 1,000,000 events (docs/contract/targets.md §3: p95 < 100 ms), through the
+real API over HTTP.
 
 Starts its own MariaDB on a free port under .run/bench-api (never the `make up` one), seeds it
 once with `roadwatch seed-events` data (kept there for the next runs), starts `roadwatch api`

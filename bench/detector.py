@@ -1,4 +1,5 @@
-"""Messages per second through validation and detection alone, on one core (SPEC §10).
+"""Messages per second through validation and detection alone, on one core
+(docs/contract/targets.md §3).
 
 A realistic mix: thousands of vehicles driving round Reims at 1 Hz (the demo traffic, a few
 accidents), dozens of zones, every rule on. What bounds it is printed per stage.

@@ -1,7 +1,7 @@
 """Publish → MySQL row → REST answer → browser latency of accidents, at half the target load.
 
-SPEC §10: at 15,000 CAM/s, publish → event row in MySQL p99 < 100 ms, publish → browser
-p99 < 500 ms. When the gateway does not keep up with that load, the latency is measured at
+docs/contract/targets.md §2: at 15,000 CAM/s, publish → event row in MySQL p99 < 100 ms, publish →
+browser p99 < 500 ms. When the gateway does not keep up with that load, the latency is measured at
 5,000 CAM/s instead. Runs on a private system (bench/system.py), never on a running `make up`:
 background CAMs come from the publisher processes of bench/fleet.py, and accident DENM pairs
 (QoS 1, fleet account, as vehicles send them) are published one pair at a time. Each pair's
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-HALF_LOAD = 15_000  # CAM/s in the background: half the 30,000 of SPEC §10
+HALF_LOAD = 15_000  # CAM/s in the background: half the 30,000 of docs/contract/targets.md §1
 # When the gateway cannot keep up with half load, the latency is measured at this load too.
 FALLBACK_LOAD = 5_000
 FALLBACK_ROUNDS = 20
@@ -329,7 +329,7 @@ def under_load(
         ok = percentile(samples.to_browser, 0.99) < TARGET_BROWSER_P99_MS
         verdicts.append(f"browser p99 {'<' if ok else '>='} {TARGET_BROWSER_P99_MS:.0f} ms")
     if verdicts and load >= HALF_LOAD:
-        print(f"  SPEC §10: {', '.join(verdicts)}")
+        print(f"  docs/contract/targets.md §2: {', '.join(verdicts)}")
     return True
 
 

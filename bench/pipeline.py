@@ -1,4 +1,5 @@
-"""The whole pipeline under load (SPEC §10): 30,000 CAM/s without loss, latency at half load.
+"""The whole pipeline under load (docs/contract/targets.md §1, §2): 30,000 CAM/s without loss,
+latency at half load.
 
 Starts a private system (bench/system.py: MariaDB, Mosquitto, Prosody, Apache, api, collector,
 gateway on free ports under a temporary folder, removed at the end), then:
@@ -163,7 +164,10 @@ def throughput(system: PrivateSystem, publishers: Publishers) -> None:
     ]
     best = f"{max(kept_up):,.0f}" if kept_up else "none of the rates"
     verdict = "met" if kept_up and max(kept_up) >= KEEP_UP_SHARE * TARGET_RATE else "NOT met"
-    print(f"  sustained without loss or lag: {best}; SPEC §10 ({TARGET_RATE:,} CAM/s): {verdict}")
+    print(
+        f"  sustained without loss or lag: {best}; docs/contract/targets.md §1"
+        f" ({TARGET_RATE:,} CAM/s): {verdict}"
+    )
 
 
 def main() -> None:
