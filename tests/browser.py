@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
 CHROMIUM = "/usr/bin/chromium"
-# Flags that keep headless Chromium off the (closed) network and quiet (FACTS).
+# Flags that keep headless Chromium off the (closed) network and quiet (docs/STACK-NOTES.md §15).
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -2,10 +2,11 @@
 
 Usage: python custom_host.py HOST PORT SCRIPT [ARGUMENTS...]
 
-The XMPP domain of a RoadWatch server resolves nowhere (SPEC §5, docs/accounts-and-tls.md),
-so a client must be given the host, as in Gajim's or Conversations' "custom host"
-field. A slixmpp script calls `connect()` without an address; here that call gets one. Nothing
-else of the script or of slixmpp's defaults changes (STARTTLS, certificate checks, mechanisms).
+The XMPP domain of a RoadWatch server resolves nowhere (docs/contract/xmpp.md §1,
+docs/accounts-and-tls.md), so a client must be given the host, as in Gajim's or Conversations'
+"custom host" field. A slixmpp script calls `connect()` without an address; here that call gets one.
+Nothing else of the script or of slixmpp's defaults changes (STARTTLS, certificate checks,
+mechanisms).
 """
 
 from __future__ import annotations

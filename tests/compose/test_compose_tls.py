@@ -26,7 +26,7 @@ pytestmark = pytest.mark.compose
 DEADLINE_S = 20.0
 # Away from the other compose tests' places around Reims.
 LAT, LON = 49.2001, 3.9702
-OPERATOR = 15  # a road operator's report is an accident at once (SPEC §3)
+OPERATOR = 15  # a road operator's report is an accident at once (docs/contract/detection.md §4)
 
 
 def tls_ca(deployment: Deployment) -> Path:

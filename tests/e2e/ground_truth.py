@@ -79,7 +79,7 @@ def stored_events(settings: Settings, stations: set[str]) -> list[dict[str, Any]
         connection.close()
     for row in rows:
         row["station_ids"] = sorted(orjson.loads(row["station_ids"]))
-        # Event times are stored as UTC without a zone (SPEC §6).
+        # Event times are stored as UTC without a zone (docs/contract/storage.md §2).
         started: datetime = row.pop("started_at")
         row["started_ms"] = round(started.replace(tzinfo=UTC).timestamp() * 1000)
     return rows

@@ -160,7 +160,8 @@ def accident_denm(station: str, lat: float, lon: float, ts_ms: int, station_type
 def publish_accident_pair(
     fleet: BlockingPublisher, first: str, second: str, lat: float, lon: float
 ) -> None:
-    """Two cars report an accident, 70 m and half a second apart: one event (SPEC §3).
+    """Two cars report an accident, 70 m and half a second apart: one event
+    (docs/contract/detection.md §4).
 
     Returns once the broker has acknowledged both reports.
     """

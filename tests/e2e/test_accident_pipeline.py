@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-# SPEC-level promise of this slice: visible everywhere within 5 s of the second DENM.
+# What this slice promises end to end: visible everywhere within 5 s of the second DENM.
 DEADLINE_S = 5.0
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 

@@ -1,4 +1,5 @@
-"""The interactive API documentation in a real browser, through Apache and its CSP (SPEC §7)."""
+"""The interactive API documentation in a real browser, through Apache and its CSP
+(docs/contract/rest-api.md §1)."""
 
 from __future__ import annotations
 

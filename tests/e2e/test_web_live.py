@@ -115,7 +115,8 @@ def unique(prefix: str) -> str:
 
 
 def publish_operator_accident(fleet: BlockingPublisher, lat: float, lon: float) -> str:
-    """One accident DENM from a road operator (station type 15): an accident at once (SPEC §3)."""
+    """One accident DENM from a road operator (station type 15): an accident at once
+    (docs/contract/detection.md §4)."""
     station = unique("web-op")
     denm = accident_denm(station, lat, lon, int(time.time() * 1000), station_type=15)
     fleet.publish(f"vehicles/{station}/denm", denm, 1)
@@ -173,7 +174,7 @@ def test_a_traffic_jam_shows_its_extent_on_the_map(
     lat, lon = h3.cell_to_latlng(h3.latlng_to_cell(lat, lon, system.jam_cell_resolution))
     cars = [unique(f"web-jam{n}") for n in range(3)]
 
-    # Three slow cars in one cell and direction: a jam (SPEC §3).
+    # Three slow cars in one cell and direction: a jam (docs/contract/detection.md §5).
     deadline = time.monotonic() + JAM_DEADLINE_S
     jam_ids: list[str] = []
     while not jam_ids:

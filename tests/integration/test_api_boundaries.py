@@ -1,6 +1,7 @@
-"""Every query and path parameter of every API route driven through its edge values, against
-the real API and MariaDB (SPEC §7, §10): never a 5xx; a 400 JSON error naming the parameter
-where the input is wrong; otherwise the exact answer, checked against the seeded events.
+"""Every query and path parameter of every API route driven through its edge values, against the
+real API and MariaDB (docs/contract/rest-api.md §2, docs/contract/targets.md §6): never a 5xx; a 400
+JSON error naming the parameter where the input is wrong; otherwise the exact answer, checked
+against the seeded events.
 
 Edges: times from year 0000 to 9999 with offsets up to ±23:59, leap seconds and fractions of
 any length, bounds inverted or equal; numbers at 0, -1, the maximum and beyond, 2**63, NaN and

@@ -1,4 +1,5 @@
-"""Event listings as GeoJSON and CSV, and per station, against a real MariaDB (SPEC §7)."""
+"""Event listings as GeoJSON and CSV, and per station, against a real MariaDB
+(docs/contract/rest-api.md §5, §6)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def seed_events() -> list[Event]:
         ),
         make_event(2, EventType.ZONE_ENTER, ("car-2",), zone_name=FORMULA_NAME),
         make_event(3, EventType.ZONE_EXIT, ("car-1",), zone_name=AWKWARD_NAME, lon=-1.5),
-        # A phone's station (SPEC §2: `{user}.{device}`) beside a vehicle whose id once equalled it.
+        # A phone's station (docs/contract/mqtt.md §5: `{user}.{device}`) beside a vehicle whose id
+        # once equalled it.
         make_event(5, EventType.ZONE_ENTER, ("tr8310.car",), zone_name=FORMULA_NAME),
         make_event(6, EventType.ZONE_EXIT, ("tr8310-car",), zone_name=FORMULA_NAME),
         make_event(4, EventType.HAZARD, ("bus-7",), details={"note": "@admin +1 -1 =1"}),

@@ -1,4 +1,4 @@
-"""The MQTT adapter against a real Mosquitto with the RoadWatch ACL (SPEC §2 security)."""
+"""The MQTT adapter against a real Mosquitto with the RoadWatch ACL (docs/contract/mqtt.md §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Debian's own MQTT clients, MQTT 3.1.1 and 5, against the broker's accounts (SPEC §2, §10).
+"""Debian's own MQTT clients, MQTT 3.1.1 and 5, against the broker's accounts
+(docs/contract/mqtt.md §8, docs/contract/targets.md §7).
 
 mosquitto_pub and mosquitto_sub run unchanged; their credentials come from their own options
 file (as docs/accounts-and-tls.md shows), so no password is on their command line either.

@@ -1,4 +1,5 @@
-"""What the outside world can reach through Apache, and what it cannot (SPEC §5, §7, §8, §10).
+"""What the outside world can reach through Apache, and what it cannot
+(docs/contract/targets.md §7).
 
 The anonymous XMPP session here is a browser's: plain BOSH over HTTP through Apache's
 `/http-bind`, as Strophe.js speaks it. test_xmpp.py checks the same refusals on a direct c2s

@@ -1,4 +1,5 @@
-"""Clients from outside come in over TLS, with the programs people already use (SPEC §2, §5).
+"""Clients from outside come in over TLS, with the programs people already use
+(docs/contract/mqtt.md §12, docs/contract/xmpp.md §7).
 
 - MQTT: mosquitto_pub and mosquitto_sub, with their defaults and `--cafile`, on the TLS port;
   a plain client there is refused; plain MQTT still serves loopback on the other port.

@@ -1,4 +1,5 @@
-"""Trust comes from the account (SPEC §2): real accounts on a real Mosquitto, a real gateway.
+"""Trust comes from the account (docs/contract/mqtt.md §9): real accounts on a real Mosquitto, a
+real gateway.
 
 Each account publishes through the broker as itself; the gateway must raise and clear accidents
 according to how the account was provisioned, whatever stationType the payload declares.
@@ -140,7 +141,7 @@ def test_the_fleets_declared_type_is_believed_only_for_stations_no_account_owns(
             # A station an ordinary account owns: the fleet cannot lend it trust.
             await fleet.publish(simulator, denm(owned.username, 10))
             assert fleet.accidents() == []
-            # A station nobody owns: only the fleet can publish there (SPEC §2 exception).
+            # A station nobody owns: only the fleet can publish there (docs/contract/mqtt.md §9).
             # (far from the first: two reporters together would raise it anyway)
             await fleet.publish(simulator, denm(f"sim-{secrets.token_hex(3)}", 10, lat=LAT + 0.1))
             assert len(fleet.accidents()) == (1 if believed else 0)

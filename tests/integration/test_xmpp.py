@@ -1,4 +1,4 @@
-"""The XMPP adapter against the real Prosody of deploy/prosody (SPEC §5, §10)."""
+"""The XMPP adapter against the real Prosody of deploy/prosody (docs/contract/xmpp.md §3, §4)."""
 
 from __future__ import annotations
 

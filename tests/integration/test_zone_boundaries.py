@@ -1,4 +1,5 @@
-"""Zone writes with edge bodies and tokens, against the real API and MariaDB (SPEC §7, §10).
+"""Zone writes with edge bodies and tokens, against the real API and MariaDB
+(docs/contract/rest-api.md §8, docs/contract/targets.md §6).
 
 Valid Features at the poles and the antimeridian, at the position and size limits, are stored
 as sent; any other body is a 4xx JSON error saying what is wrong (400, 413, 415); any other

@@ -1,4 +1,5 @@
-"""The zone routes of the REST API and ZoneSync against a real MariaDB (SPEC §3, §7)."""
+"""The zone routes of the REST API and ZoneSync against a real MariaDB
+(docs/contract/detection.md §6, docs/contract/rest-api.md §8)."""
 
 from __future__ import annotations
 

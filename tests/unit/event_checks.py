@@ -1,4 +1,5 @@
-"""Invariants every stream of detected events keeps (SPEC §4), shared by the property tests."""
+"""Invariants every stream of detected events keeps (docs/contract/events.md §4), shared by the
+property tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Accident detection (SPEC §3 "Accident") on hand-built DENMs."""
+"""Accident detection (docs/contract/detection.md §4) on hand-built DENMs."""
 
 from __future__ import annotations
 

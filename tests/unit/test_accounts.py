@@ -1,4 +1,5 @@
-"""Account kinds and trust (SPEC §2): the account decides, never the payload."""
+"""Account kinds and trust (docs/contract/mqtt.md §8, §9): the account decides, never the
+payload."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The demo simulator: deterministic for a seed, valid per SPEC §2, stages accidents."""
+"""The demo simulator: deterministic for a seed, valid per docs/contract/mqtt.md §3, §4, stages
+accidents."""
 
 from __future__ import annotations
 

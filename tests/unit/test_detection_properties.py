@@ -1,4 +1,5 @@
-"""Properties of detection that must hold for any trace (SPEC §3), checked with hypothesis."""
+"""Properties of detection that must hold for any trace (docs/contract/detection.md §1), checked
+with hypothesis."""
 
 from __future__ import annotations
 

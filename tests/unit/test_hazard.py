@@ -1,4 +1,4 @@
-"""Hazards (SPEC §3 "Other DENM causes") on hand-built DENMs."""
+"""Hazards (docs/contract/detection.md §7) on hand-built DENMs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The MQTT wire contract of SPEC §2: what is accepted, and why the rest is rejected."""
+"""The MQTT wire contract of docs/contract/mqtt.md §3 to §6: what is accepted, and why the rest is
+rejected."""
 
 from __future__ import annotations
 

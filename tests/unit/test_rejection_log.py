@@ -1,4 +1,5 @@
-"""Rejected messages are counted per reason and logged at a limited rate (SPEC §2)."""
+"""Rejected messages are counted per reason and logged at a limited rate
+(docs/contract/mqtt.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every detection threshold is a setting read from the environment (SPEC §3)."""
+"""Every detection threshold is a setting read from the environment
+(docs/contract/detection.md §10)."""
 
 from __future__ import annotations
 

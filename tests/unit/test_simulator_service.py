@@ -35,7 +35,7 @@ from roadwatch.settings import Settings
 from roadwatch.simulation.network import REIMS_NETWORK_PATH
 
 START_MS = 1_790_000_000_000
-# SPEC §2: a timestamp more than this far ahead of the receiver's clock is refused.
+# docs/contract/mqtt.md §6: a timestamp more than this far ahead of the receiver's clock is refused.
 FUTURE_TOLERANCE_MS = 300_000
 
 

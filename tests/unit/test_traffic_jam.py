@@ -1,4 +1,4 @@
-"""Traffic-jam detection (SPEC §3 "Traffic jam") on hand-built CAMs and DENMs."""
+"""Traffic-jam detection (docs/contract/detection.md §5) on hand-built CAMs and DENMs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Properties of traffic-jam detection that must hold for any trace (SPEC §3), with hypothesis."""
+"""Properties of traffic-jam detection that must hold for any trace (docs/contract/detection.md §5),
+with hypothesis."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Properties of zones that must hold for any zones and any trace (SPEC §3), with hypothesis."""
+"""Properties of zones that must hold for any zones and any trace (docs/contract/detection.md §6),
+with hypothesis."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Zones (SPEC §3 "Zones", §7 zones): GeoJSON validation, point look-up and enter/exit events."""
+"""Zones (docs/contract/detection.md §6, docs/contract/rest-api.md §8): GeoJSON validation, point
+look-up and enter/exit events."""
 
 from __future__ import annotations
 
