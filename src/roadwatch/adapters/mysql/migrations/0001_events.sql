@@ -1,4 +1,5 @@
--- Events of SPEC §4, one row per event id holding its highest version (SPEC §6).
+-- Events (docs/contract/events.md §1), one row per event id holding its highest version
+-- (docs/contract/storage.md §2).
 -- Times are DATETIME(3) in UTC, taken from event time, never from the server clock.
 -- Identifiers use utf8mb4_bin: exact, case-sensitive matches. Columns are wide enough for
 -- what the event contract accepts (ids and zone ids up to 64 characters, 64-bit versions,

@@ -1,11 +1,12 @@
--- Zones of SPEC §3 and §7: a GeoJSON Feature (Polygon or MultiPolygon) with properties id and
--- name. The bounding box lets a query discard far zones before any polygon test.
+-- Zones of docs/contract/detection.md §6 and docs/contract/rest-api.md §8: a GeoJSON Feature
+-- (Polygon or MultiPolygon) with properties id and name. The bounding box lets a query discard far
+-- zones before any polygon test.
 
 CREATE TABLE IF NOT EXISTS zones (
     id           VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     name         VARCHAR(200) NOT NULL,
     feature      JSON NOT NULL,
-    -- Metres outside the polygon before an exit counts (SPEC §3), 0 by default.
+    -- Metres outside the polygon before an exit counts (docs/contract/detection.md §6), 0 by default.
     hysteresis_m DOUBLE NOT NULL DEFAULT 0,
     min_lat      DOUBLE NOT NULL,
     min_lon      DOUBLE NOT NULL,

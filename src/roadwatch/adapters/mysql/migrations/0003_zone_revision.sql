@@ -1,6 +1,6 @@
--- Zone changes made through the REST API reach the gateway by polling one counter (SPEC §3:
--- "picks up changes without a restart"). Every write to `zones` bumps it in the same
--- transaction, so deletions are seen too and the poll is a primary-key read.
+-- Zone changes made through the REST API reach the gateway by polling one counter
+-- (docs/contract/detection.md §6: changes reach it without a restart). Every write to `zones` bumps
+-- it in the same transaction, so deletions are seen too and the poll is a primary-key read.
 
 CREATE TABLE IF NOT EXISTS zone_revision (
     id       TINYINT UNSIGNED NOT NULL,
@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS zone_revision (
 INSERT IGNORE INTO zone_revision (id, revision)
 SELECT 1, IF(COUNT(*) > 0, 1, 0) FROM zones;
 
--- Occupancy (SPEC §7, stations inside a zone now) reads every zone event of one zone: this
--- index holds zone, type and time, and with the primary key appended it covers that scan.
+-- Occupancy (docs/contract/rest-api.md §8, stations inside a zone now) reads every zone event of
+-- one zone: this index holds zone, type and time, and with the primary key appended it covers that
+-- scan.
 ALTER TABLE events ADD INDEX IF NOT EXISTS idx_events_zone_type_started (zone_id, type, started_at);

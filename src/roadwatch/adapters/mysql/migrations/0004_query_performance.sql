@@ -1,4 +1,5 @@
--- Fast reads over a million events (SPEC §10: REST p95 < 100 ms) and the statistics of SPEC §7.
+-- Fast reads over a million events (docs/contract/targets.md §3) and the statistics of
+-- docs/contract/rest-api.md §9.
 --
 -- grid_cell numbers the 0.005° x 0.005° square holding the event (about 560 m x 370 m in
 -- Reims): small bounding boxes are answered cell by cell, and hotspots count events per cell.

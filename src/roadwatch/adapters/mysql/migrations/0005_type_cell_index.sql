@@ -1,4 +1,5 @@
--- A small bounding box filtered by type (SPEC §10: REST p95 < 100 ms over a million events).
+-- A small bounding box filtered by type (docs/contract/targets.md §3: REST p95 < 100 ms
+-- over a million events).
 --
 -- idx_events_cell_started reads a cell in time order and skips the other types inside the
 -- index, so a rare type in a busy cell made the scan run through tens of thousands of entries
