@@ -1,4 +1,4 @@
-"""The REST API service (SPEC §7)."""
+"""The REST API service (docs/contract/rest-api.md §1)."""
 
 from roadwatch.services.api.app import create_app, main
 
