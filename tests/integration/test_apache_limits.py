@@ -14,7 +14,7 @@ import pytest
 
 from roadwatch.runner.apache import Apache
 from roadwatch.runner.process import RunLayout
-from roadwatch.services.api.app import MAX_BODY_BYTES
+from roadwatch.services.api.dependencies import MAX_BODY_BYTES
 from roadwatch.settings import Settings
 from tests.integration.test_apache import api_running
 

@@ -40,7 +40,8 @@ from roadwatch.adapters.mysql.zones import ZoneStore
 from roadwatch.domain.events import Event, EventStatus, EventType, ms_to_rfc3339
 from roadwatch.domain.zones import zone_from_feature
 from roadwatch.runner.mariadb import MariaDB
-from roadwatch.services.api.app import MAX_LIMIT, create_app
+from roadwatch.services.api.app import create_app
+from roadwatch.services.api.dependencies import MAX_LIMIT
 from roadwatch.services.api.stats import DEFAULT_HOTSPOTS, MAX_BUCKETS, MAX_HOTSPOTS
 from roadwatch.settings import Settings
 from tests.integration.api_server import serve

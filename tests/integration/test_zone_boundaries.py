@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from roadwatch.domain.zones import MAX_HYSTERESIS_M, MAX_ZONE_NAME_LEN, MAX_ZONE_POSITIONS
 from roadwatch.runner.mariadb import MariaDB
-from roadwatch.services.api.app import MAX_BODY_BYTES
+from roadwatch.services.api.dependencies import MAX_BODY_BYTES
 from roadwatch.settings import Settings
 from tests.integration.api_server import serve
 from tests.integration.db import reset_zones

@@ -22,7 +22,7 @@ from roadwatch.domain.events import EventType
 from roadwatch.domain.zones import Zone
 from roadwatch.runner.mariadb import MariaDB
 from roadwatch.runner.process import free_port
-from roadwatch.services.api.app import MAX_BODY_BYTES
+from roadwatch.services.api.dependencies import MAX_BODY_BYTES
 from roadwatch.services.zone_sync import ZoneSync
 from roadwatch.settings import Settings
 from tests.integration.api_server import serve

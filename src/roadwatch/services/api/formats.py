@@ -1,15 +1,21 @@
-"""Renderings of a page of events: JSON (SPEC §4), GeoJSON (RFC 7946) and CSV (RFC 4180)."""
+"""Renderings of a page of events: JSON (SPEC §4), GeoJSON (RFC 7946) and CSV (RFC 4180).
+
+Also the responses carrying them: every body is serialised by orjson, not by FastAPI's encoder.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 
 from roadwatch.domain.events import Event
 
@@ -132,3 +138,49 @@ def next_link(path: str, query: Sequence[tuple[str, str]], next_cursor: str) -> 
     kept = [(name, value) for name, value in query if name != "cursor"]
     kept.append(("cursor", next_cursor))
     return f'<{quote(path, safe="/")}?{urlencode(kept)}>; rel="next"'
+
+
+# --- Responses --------------------------------------------------------------------------------
+
+NOT_MODIFIED: dict[str, Any] = {
+    "description": "Not modified: the ETag sent in If-None-Match still holds"
+}
+
+
+class GeoJSONResponse(JSONResponse):
+    """A GeoJSON answer; as a route's response_class it files the schema under this type."""
+
+    media_type = GEOJSON_MEDIA_TYPE
+
+    def render(self, content: Any) -> bytes:
+        """Serialise with orjson; bytes are taken as already serialised."""
+        return content if isinstance(content, bytes) else orjson.dumps(content)
+
+
+def json_response(
+    content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """Answer with `content` as JSON."""
+    return Response(
+        orjson.dumps(content),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def geojson_response(
+    content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """Answer with `content` as GeoJSON."""
+    return GeoJSONResponse(orjson.dumps(content), status_code=status_code, headers=headers)
+
+
+def geojson_unless_cached(request: Request, body: bytes, cache_control: str) -> Response:
+    """Answer with a GeoJSON body and its ETag, or 304 when the client already holds it."""
+    # A content hash, so a client polling for changes downloads them only when they change.
+    etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": cache_control}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return GeoJSONResponse(body, headers=headers)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from roadwatch.adapters.mysql.stats import DAY_MS, HOUR_MS, StatsStore, TimeRange, bucket_starts
+from roadwatch.adapters.mysql.stats import DAY_MS, HOUR_MS, TimeRange, bucket_starts
 from roadwatch.adapters.mysql.store import (
     DATETIME_MAX_MS,
     DATETIME_MIN_MS,
@@ -21,14 +21,10 @@ from roadwatch.adapters.mysql.store import (
     grid_cell_bounds,
 )
 from roadwatch.domain.events import EventStatus, EventType, ms_to_rfc3339
-from roadwatch.services.api.app import (
-    _ERRORS,
-    PREFIX,
-    ApiError,
-    _json,
-    _parse_time,
-    get_store,
-)
+from roadwatch.services.api.app import PREFIX
+from roadwatch.services.api.dependencies import StatsStoreDep, parse_time
+from roadwatch.services.api.errors import QUERY_ERRORS, invalid_parameter
+from roadwatch.services.api.formats import json_response
 
 # A chart of more buckets than this is unreadable, and the answer would grow without bound.
 MAX_BUCKETS = 1000
@@ -110,12 +106,6 @@ class HotspotsOut(BaseModel):
 # --- Parameters -------------------------------------------------------------------------------
 
 
-def get_stats_store(request: Request) -> StatsStore:
-    """Return a statistics reader over the API's connection pool."""
-    return StatsStore(get_store(request).source)
-
-
-StatsStoreDep = Annotated[StatsStore, Depends(get_stats_store)]
 SinceQuery = Annotated[str | None, Query(max_length=64, description=_TIME_DOC)]
 UntilQuery = Annotated[str | None, Query(max_length=64, description=_UNTIL_DOC)]
 TypesQuery = Annotated[
@@ -123,15 +113,11 @@ TypesQuery = Annotated[
 ]
 
 
-def _invalid(parameter: str, message: str) -> ApiError:
-    return ApiError(400, "invalid_parameter", [{"parameter": parameter, "message": message}])
-
-
 def _parse_bounded_time(name: str, text: str | None) -> int | None:
-    moment = _parse_time(name, text)
+    moment = parse_time(name, text)
     if moment is not None and not DATETIME_MIN_MS <= moment <= DATETIME_MAX_MS:
         # Exact bounds: 9999-12-31T23:59:59.9999Z is in year 9999 yet after the last millisecond.
-        raise _invalid(
+        raise invalid_parameter(
             name,
             f"must be from {ms_to_rfc3339(DATETIME_MIN_MS)} to {ms_to_rfc3339(DATETIME_MAX_MS)}, "
             "the times the database holds",
@@ -143,7 +129,7 @@ def parse_range(since: str | None, until: str | None) -> TimeRange:
     """Parse the `since` and `until` parameters; since must not be after until."""
     span = TimeRange(_parse_bounded_time("since", since), _parse_bounded_time("until", until))
     if span.since_ms is not None and span.until_ms is not None and span.since_ms > span.until_ms:
-        raise _invalid("since", "since is after until")
+        raise invalid_parameter("since", "since is after until")
     return span
 
 
@@ -154,7 +140,7 @@ def series_range(span: TimeRange, bucket: str, now_ms: int) -> TimeRange:
     if since is None:
         since = max(until - _DEFAULT_SPAN_MS[bucket], DATETIME_MIN_MS)
     if since > until:
-        raise _invalid("since", "since is after until (which defaults to now)")
+        raise invalid_parameter("since", "since is after until (which defaults to now)")
     return TimeRange(since, until)
 
 
@@ -194,7 +180,7 @@ def install_stats_routes(app: FastAPI) -> None:
     """Add the /api/stats routes to the API application."""
 
     @app.get(
-        f"{PREFIX}/stats/summary", response_model=SummaryOut, responses=_ERRORS, tags=["stats"]
+        f"{PREFIX}/stats/summary", response_model=SummaryOut, responses=QUERY_ERRORS, tags=["stats"]
     )
     def stats_summary(
         stats: StatsStoreDep, since: SinceQuery = None, until: UntilQuery = None
@@ -208,7 +194,7 @@ def install_stats_routes(app: FastAPI) -> None:
             }
             for kind in EventType
         }
-        return _json(
+        return json_response(
             {
                 "since": _time_or_none(span.since_ms),
                 "until": _time_or_none(span.until_ms),
@@ -225,7 +211,7 @@ def install_stats_routes(app: FastAPI) -> None:
     @app.get(
         f"{PREFIX}/stats/timeseries",
         response_model=TimeseriesOut,
-        responses=_ERRORS,
+        responses=QUERY_ERRORS,
         tags=["stats"],
     )
     def stats_timeseries(
@@ -251,7 +237,7 @@ def install_stats_routes(app: FastAPI) -> None:
         unit = _BUCKET_MS[bucket]
         starts = bucket_starts(span, unit)
         if len(starts) > MAX_BUCKETS:
-            raise _invalid(
+            raise invalid_parameter(
                 "since",
                 f"the range holds {len(starts)} {bucket} buckets; at most {MAX_BUCKETS}: "
                 "narrow since/until or use larger buckets",
@@ -264,7 +250,7 @@ def install_stats_routes(app: FastAPI) -> None:
             buckets.append(
                 {"start": ms_to_rfc3339(start), "total": sum(row.values()), "counts": row}
             )
-        return _json(
+        return json_response(
             {
                 "bucket": bucket,
                 "since": _time_or_none(span.since_ms),
@@ -275,7 +261,10 @@ def install_stats_routes(app: FastAPI) -> None:
         )
 
     @app.get(
-        f"{PREFIX}/stats/hotspots", response_model=HotspotsOut, responses=_ERRORS, tags=["stats"]
+        f"{PREFIX}/stats/hotspots",
+        response_model=HotspotsOut,
+        responses=QUERY_ERRORS,
+        tags=["stats"],
     )
     def stats_hotspots(
         stats: StatsStoreDep,
@@ -290,7 +279,7 @@ def install_stats_routes(app: FastAPI) -> None:
         span = parse_range(since, until)
         kinds = _chosen_types(type_)
         ranked = stats.hotspots(span, type_, limit)
-        return _json(
+        return json_response(
             {
                 "since": _time_or_none(span.since_ms),
                 "until": _time_or_none(span.until_ms),
