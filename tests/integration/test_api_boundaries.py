@@ -42,7 +42,7 @@ from roadwatch.domain.zones import zone_from_feature
 from roadwatch.runner.mariadb import MariaDB
 from roadwatch.services.api.app import create_app
 from roadwatch.services.api.dependencies import MAX_LIMIT
-from roadwatch.services.api.stats import DEFAULT_HOTSPOTS, MAX_BUCKETS, MAX_HOTSPOTS
+from roadwatch.services.api.routers.stats import DEFAULT_HOTSPOTS, MAX_BUCKETS, MAX_HOTSPOTS
 from roadwatch.settings import Settings
 from tests.integration.api_server import serve
 from tests.integration.db import clear_events, reset_zones

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
@@ -21,10 +21,10 @@ from roadwatch.adapters.mysql.store import (
     grid_cell_bounds,
 )
 from roadwatch.domain.events import EventStatus, EventType, ms_to_rfc3339
-from roadwatch.services.api.app import PREFIX
 from roadwatch.services.api.dependencies import StatsStoreDep, parse_time
 from roadwatch.services.api.errors import QUERY_ERRORS, invalid_parameter
 from roadwatch.services.api.formats import json_response
+from roadwatch.services.api.routers import PREFIX
 
 # A chart of more buckets than this is unreadable, and the answer would grow without bound.
 MAX_BUCKETS = 1000
@@ -35,6 +35,8 @@ _DEFAULT_SPAN_MS = {"hour": DAY_MS, "day": 30 * DAY_MS}
 _BUCKET_MS = {"hour": HOUR_MS, "day": DAY_MS}
 _TIME_DOC = "RFC 3339; events started at or after"
 _UNTIL_DOC = "RFC 3339; events started before"
+
+router = APIRouter(prefix=PREFIX, tags=["stats"])
 
 
 # --- Documented shapes (OpenAPI) -------------------------------------------------------------
@@ -104,7 +106,6 @@ class HotspotsOut(BaseModel):
 
 
 # --- Parameters -------------------------------------------------------------------------------
-
 
 SinceQuery = Annotated[str | None, Query(max_length=64, description=_TIME_DOC)]
 UntilQuery = Annotated[str | None, Query(max_length=64, description=_UNTIL_DOC)]
@@ -176,115 +177,98 @@ def hotspot(cell: int, count: int) -> dict[str, Any]:
 # --- Routes -----------------------------------------------------------------------------------
 
 
-def install_stats_routes(app: FastAPI) -> None:
-    """Add the /api/stats routes to the API application."""
-
-    @app.get(
-        f"{PREFIX}/stats/summary", response_model=SummaryOut, responses=QUERY_ERRORS, tags=["stats"]
-    )
-    def stats_summary(
-        stats: StatsStoreDep, since: SinceQuery = None, until: UntilQuery = None
-    ) -> Response:
-        """Count the events per type and status, over an optional range of start times."""
-        span = parse_range(since, until)
-        counts = stats.summary(span)
-        by_pair = {
-            kind.value: {
-                status.value: counts.get((kind.value, status.value), 0) for status in EventStatus
-            }
-            for kind in EventType
+@router.get("/stats/summary", response_model=SummaryOut, responses=QUERY_ERRORS)
+def stats_summary(
+    stats: StatsStoreDep, since: SinceQuery = None, until: UntilQuery = None
+) -> Response:
+    """Count the events per type and status, over an optional range of start times."""
+    span = parse_range(since, until)
+    counts = stats.summary(span)
+    by_pair = {
+        kind.value: {
+            status.value: counts.get((kind.value, status.value), 0) for status in EventStatus
         }
-        return json_response(
-            {
-                "since": _time_or_none(span.since_ms),
-                "until": _time_or_none(span.until_ms),
-                "total": sum(counts.values()),
-                "by_type": {kind: sum(row.values()) for kind, row in by_pair.items()},
-                "by_status": {
-                    status.value: sum(row[status.value] for row in by_pair.values())
-                    for status in EventStatus
-                },
-                "by_type_and_status": by_pair,
-            }
-        )
-
-    @app.get(
-        f"{PREFIX}/stats/timeseries",
-        response_model=TimeseriesOut,
-        responses=QUERY_ERRORS,
-        tags=["stats"],
+        for kind in EventType
+    }
+    return json_response(
+        {
+            "since": _time_or_none(span.since_ms),
+            "until": _time_or_none(span.until_ms),
+            "total": sum(counts.values()),
+            "by_type": {kind: sum(row.values()) for kind, row in by_pair.items()},
+            "by_status": {
+                status.value: sum(row[status.value] for row in by_pair.values())
+                for status in EventStatus
+            },
+            "by_type_and_status": by_pair,
+        }
     )
-    def stats_timeseries(
-        stats: StatsStoreDep,
-        bucket: Annotated[
-            Literal["hour", "day"], Query(description="UTC hours or UTC days")
-        ] = "hour",
-        type_: TypesQuery = None,
-        since: Annotated[
-            str | None,
-            Query(
-                max_length=64,
-                description=f"{_TIME_DOC}; default: a day (hour buckets) "
-                "or 30 days (day buckets) before until",
-            ),
-        ] = None,
-        until: Annotated[
-            str | None, Query(max_length=64, description=f"{_UNTIL_DOC}; default: now")
-        ] = None,
-    ) -> Response:
-        """Count the events per time bucket and type; empty buckets are listed with zeros."""
-        span = series_range(parse_range(since, until), bucket, int(time.time() * 1000))
-        unit = _BUCKET_MS[bucket]
-        starts = bucket_starts(span, unit)
-        if len(starts) > MAX_BUCKETS:
-            raise invalid_parameter(
-                "since",
-                f"the range holds {len(starts)} {bucket} buckets; at most {MAX_BUCKETS}: "
-                "narrow since/until or use larger buckets",
-            )
-        kinds = _chosen_types(type_)
-        counts = stats.timeseries(span, unit, type_)
-        buckets = []
-        for start in starts:
-            row = {kind.value: counts.get((start, kind.value), 0) for kind in kinds}
-            buckets.append(
-                {"start": ms_to_rfc3339(start), "total": sum(row.values()), "counts": row}
-            )
-        return json_response(
-            {
-                "bucket": bucket,
-                "since": _time_or_none(span.since_ms),
-                "until": _time_or_none(span.until_ms),
-                "types": kinds,
-                "buckets": buckets,
-            }
-        )
 
-    @app.get(
-        f"{PREFIX}/stats/hotspots",
-        response_model=HotspotsOut,
-        responses=QUERY_ERRORS,
-        tags=["stats"],
-    )
-    def stats_hotspots(
-        stats: StatsStoreDep,
-        type_: TypesQuery = None,
-        since: SinceQuery = None,
-        until: UntilQuery = None,
-        limit: Annotated[
-            int, Query(ge=1, le=MAX_HOTSPOTS, description="number of squares")
-        ] = DEFAULT_HOTSPOTS,
-    ) -> Response:
-        """List the grid squares where most events started, most first."""
-        span = parse_range(since, until)
-        kinds = _chosen_types(type_)
-        ranked = stats.hotspots(span, type_, limit)
-        return json_response(
-            {
-                "since": _time_or_none(span.since_ms),
-                "until": _time_or_none(span.until_ms),
-                "types": kinds,
-                "cell_size_deg": 1 / GRID_STEPS_PER_DEGREE,
-                "cells": [hotspot(cell, count) for cell, count in ranked],
-            }
+
+@router.get("/stats/timeseries", response_model=TimeseriesOut, responses=QUERY_ERRORS)
+def stats_timeseries(
+    stats: StatsStoreDep,
+    bucket: Annotated[Literal["hour", "day"], Query(description="UTC hours or UTC days")] = "hour",
+    type_: TypesQuery = None,
+    since: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description=f"{_TIME_DOC}; default: a day (hour buckets) "
+            "or 30 days (day buckets) before until",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, Query(max_length=64, description=f"{_UNTIL_DOC}; default: now")
+    ] = None,
+) -> Response:
+    """Count the events per time bucket and type; empty buckets are listed with zeros."""
+    span = series_range(parse_range(since, until), bucket, int(time.time() * 1000))
+    unit = _BUCKET_MS[bucket]
+    starts = bucket_starts(span, unit)
+    if len(starts) > MAX_BUCKETS:
+        raise invalid_parameter(
+            "since",
+            f"the range holds {len(starts)} {bucket} buckets; at most {MAX_BUCKETS}: "
+            "narrow since/until or use larger buckets",
         )
+    kinds = _chosen_types(type_)
+    counts = stats.timeseries(span, unit, type_)
+    buckets = []
+    for start in starts:
+        row = {kind.value: counts.get((start, kind.value), 0) for kind in kinds}
+        buckets.append({"start": ms_to_rfc3339(start), "total": sum(row.values()), "counts": row})
+    return json_response(
+        {
+            "bucket": bucket,
+            "since": _time_or_none(span.since_ms),
+            "until": _time_or_none(span.until_ms),
+            "types": kinds,
+            "buckets": buckets,
+        }
+    )
+
+
+@router.get("/stats/hotspots", response_model=HotspotsOut, responses=QUERY_ERRORS)
+def stats_hotspots(
+    stats: StatsStoreDep,
+    type_: TypesQuery = None,
+    since: SinceQuery = None,
+    until: UntilQuery = None,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_HOTSPOTS, description="number of squares")
+    ] = DEFAULT_HOTSPOTS,
+) -> Response:
+    """List the grid squares where most events started, most first."""
+    span = parse_range(since, until)
+    kinds = _chosen_types(type_)
+    ranked = stats.hotspots(span, type_, limit)
+    return json_response(
+        {
+            "since": _time_or_none(span.since_ms),
+            "until": _time_or_none(span.until_ms),
+            "types": kinds,
+            "cell_size_deg": 1 / GRID_STEPS_PER_DEGREE,
+            "cells": [hotspot(cell, count) for cell, count in ranked],
+        }
+    )
