@@ -1,4 +1,5 @@
-"""The REST API of SPEC §7: read the stored events over HTTP, behind Apache at `/api/`.
+"""The REST API (docs/contract/rest-api.md §1 to §11): read the stored events over HTTP, behind
+Apache at `/api/`.
 
 This module builds the application: the routers of `routers/`, the error handlers of
 `errors.py`, the request metrics, the OpenAPI document, and the server that runs it all.

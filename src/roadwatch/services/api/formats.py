@@ -1,4 +1,5 @@
-"""Renderings of a page of events: JSON (SPEC §4), GeoJSON (RFC 7946) and CSV (RFC 4180).
+"""Renderings of a page of events: JSON (docs/contract/events.md §1), GeoJSON (RFC 7946)
+and CSV (RFC 4180).
 
 Also the responses carrying them: every body is serialised by orjson, not by FastAPI's encoder.
 """
@@ -41,7 +42,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "zone_name",
     "details",
 )
-# Separates the station ids inside one cell; a stationId never holds a space (SPEC §2).
+# Separates the station ids inside one cell; a stationId never holds a space
+# (docs/contract/mqtt.md §2).
 STATION_SEPARATOR = " "
 # A spreadsheet reads a cell starting with one of these as a formula (OWASP "CSV injection").
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -81,7 +83,8 @@ def geojson_page(events: Iterable[Event], next_cursor: str | None) -> bytes:
 
 
 def json_page(events: Iterable[Event], next_cursor: str | None) -> bytes:
-    """Return a page as `{"items": [event…], "next_cursor": str | null}` (SPEC §7)."""
+    """Return a page as `{"items": [event…], "next_cursor": str | null}`
+    (docs/contract/rest-api.md §5)."""
     return orjson.dumps(
         {"items": [event.to_dict() for event in events], "next_cursor": next_cursor}
     )

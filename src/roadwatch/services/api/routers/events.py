@@ -31,7 +31,8 @@ from roadwatch.services.api.formats import (
 )
 from roadwatch.services.api.routers import PREFIX
 
-# A vehicle's stationId, or a phone's `{user}.{device}` (SPEC §2: the phones' own namespace).
+# A vehicle's stationId, or a phone's `{user}.{device}` (docs/contract/mqtt.md §5: the phones' own
+# namespace).
 # The filename of a station's CSV export relies on it too.
 STATION_ID_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)?$"
 MAX_STATION_ID_LEN = 64
@@ -43,7 +44,7 @@ router = APIRouter(prefix=PREFIX, tags=["events"])
 
 
 class EventOut(BaseModel):
-    """The event object of SPEC §4."""
+    """The event object of docs/contract/events.md §1."""
 
     id: str
     type: EventType
@@ -151,8 +152,8 @@ def list_station_events(
         Path(
             pattern=STATION_ID_PATTERN,
             max_length=MAX_STATION_ID_LEN,
-            description="a stationId (SPEC §2): 1 to 64 of A-Z a-z 0-9 _ -, or a phone's"
-            " `{user}.{device}`",
+            description="a stationId (docs/contract/mqtt.md §2): 1 to 64 of A-Z a-z 0-9 _ -, or"
+            " a phone's `{user}.{device}`",
         ),
     ],
 ) -> Response:

@@ -1,4 +1,5 @@
-"""Statistics routes of SPEC §7: counts per type and status, per time bucket, per place.
+"""Statistics routes of docs/contract/rest-api.md §9: counts per type and status, per time bucket,
+per place.
 
 Start times bound every count: `since` inclusive, `until` exclusive, RFC 3339, as in
 `/api/events`. Hotspots are squares of a fixed latitude/longitude grid.
