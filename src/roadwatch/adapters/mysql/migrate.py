@@ -47,6 +47,23 @@ class MigrationError(StoreError):
     """A migration could not be applied."""
 
 
+# Checksums these files had before only their comments were reworded: a database that
+# recorded them applied the same statements, and is not told its migrations changed.
+EARLIER_CHECKSUMS: dict[str, frozenset[str]] = {
+    "0001_events": frozenset({"11beaa4034602bd31b7821caccb71d9e2c1a8edaf12d84acdda6c20f3d685949"}),
+    "0002_zones": frozenset({"d0a2cd8c2e2ade193da39aee738fe1e46604a03f832bef33dae1e9e7974970e6"}),
+    "0003_zone_revision": frozenset(
+        {"9f9990b4aabee14e5d75b6c97b3fd96b2a5b6cd66d94f4fcf8d1dff663776ce5"}
+    ),
+    "0004_query_performance": frozenset(
+        {"d156fbf886238c464f12360801e7b45e5e9551873d8797d908ed32b7d424dc57"}
+    ),
+    "0005_type_cell_index": frozenset(
+        {"343fca273a30afebf98ca0b7cbe01d28c23cea80cfe4f295a5d9838bcf0eb4e6"}
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Migration:
     """One numbered migration file."""
@@ -57,6 +74,10 @@ class Migration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def matches(self, recorded: str) -> bool:
+        """Tell whether a recorded checksum is this file's, now or before a comment rewording."""
+        return recorded == self.checksum or recorded in EARLIER_CHECKSUMS.get(self.name, ())
 
     def statements(self) -> list[str]:
         """Return the statements of this file, comments removed."""
@@ -123,7 +144,7 @@ def _apply_locked(connection: DbConnection, migrations: Iterable[Migration]) -> 
         for migration in migrations:
             recorded = done.get(migration.name)
             if recorded is not None:
-                if recorded != migration.checksum:
+                if not migration.matches(recorded):
                     # An applied file was edited: the change will never run; say so loudly.
                     log.warning("migration %s changed after it was applied", migration.name)
                 continue
