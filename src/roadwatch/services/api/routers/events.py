@@ -44,7 +44,7 @@ router = APIRouter(prefix=PREFIX, tags=["events"])
 
 
 class EventOut(BaseModel):
-    """The event object of docs/contract/events.md §1."""
+    """One version of a detected road event (the event object)."""
 
     id: str
     type: EventType
@@ -152,7 +152,7 @@ def list_station_events(
         Path(
             pattern=STATION_ID_PATTERN,
             max_length=MAX_STATION_ID_LEN,
-            description="a stationId (docs/contract/mqtt.md §2): 1 to 64 of A-Z a-z 0-9 _ -, or"
+            description="a vehicle's stationId: 1 to 64 of A-Z a-z 0-9 _ -, or"
             " a phone's `{user}.{device}`",
         ),
     ],
