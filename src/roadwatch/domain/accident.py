@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 from roadwatch.domain.events import Event, EventStatus, EventType, new_event_id
 from roadwatch.domain.geo import GeoGrid, haversine_m, mean_position
 from roadwatch.domain.messages import Denm
-from roadwatch.domain.reports import PENDING, SNAPSHOT_FORMAT, ReportTracker
+from roadwatch.domain.reports import PENDING, ReportTracker
+from roadwatch.domain.snapshots import SnapshotFormat
 
 # ETSI TS 102 894-2 cause code "accident".
 ACCIDENT_CAUSE_CODE = 2
@@ -60,9 +61,6 @@ class AccidentDetector(ReportTracker[_Report, AccidentRules]):
     """
 
     __slots__ = ("_next_key", "_pending", "_pending_grid")
-
-    _EVENTS_KEY: ClassVar[str] = "accidents"
-    _NOUN: ClassVar[str] = "an accident"
 
     def __init__(self, rules: AccidentRules | None = None) -> None:
         rules = rules if rules is not None else AccidentRules()
@@ -179,32 +177,30 @@ class AccidentDetector(ReportTracker[_Report, AccidentRules]):
         if report is not None:
             self._drop_pending(report)
 
-    def snapshot(self) -> dict[str, Any]:
-        """Return the whole state as JSON-ready data (see `restore`)."""
+    # -- saved state ------------------------------------------------------------------------
+
+    SNAPSHOT: ClassVar[SnapshotFormat] = SnapshotFormat("an accident detector", 1)
+
+    def _state(self) -> dict[str, Any]:
         return {
-            "format": SNAPSHOT_FORMAT,
             "pending": [_report_state(report) for report in self._pending.values()],
-            "accidents": self._events_state(),
+            "accidents": self._events_state(lambda _, report: _report_state(report)),
             "last_report_ms": dict(self._last_report_ms),
             "forgotten_ms": self._forgotten_ms,
             "next_key": self._next_key,
         }
 
-    def _fresh(self) -> AccidentDetector:
-        return AccidentDetector(self.rules)
-
-    def _restore_pending(self, state: dict[str, Any]) -> None:
+    def _from_state(self, state: dict[str, Any]) -> AccidentDetector:
+        fresh = AccidentDetector(self.rules)
         for item in state["pending"]:
-            _, report = self._report_from_state(item)
-            self._pending[report.key] = report
-            self._pending_grid.add(report.cell, report.key)
-            self._push(report.timestamp_ms + self.rules.window_ms + 1, PENDING, report.key)
-
-    def _restore_rest(self, state: dict[str, Any]) -> None:
-        self._next_key = int(state["next_key"])
-
-    def _report_state(self, station_id: str, report: _Report) -> list[Any]:
-        return _report_state(report)
+            _, report = fresh._report_from_state(item)
+            fresh._pending[report.key] = report
+            fresh._pending_grid.add(report.cell, report.key)
+            fresh._push(report.timestamp_ms + self.rules.window_ms + 1, PENDING, report.key)
+        fresh._load_events(state["accidents"], fresh._report_from_state)
+        fresh._load_reporters(state["last_report_ms"], state["forgotten_ms"])
+        fresh._next_key = int(state["next_key"])
+        return fresh
 
     def _report_from_state(self, item: Any) -> tuple[str, _Report]:
         key, station_id, timestamp_ms, lat, lon = item

@@ -32,16 +32,16 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from roadwatch.domain.accident import ACCIDENT_CAUSE_CODE, AccidentDetector, AccidentRules
 from roadwatch.domain.events import Event, EventType
 from roadwatch.domain.hazard import HazardDetector, HazardRules
 from roadwatch.domain.messages import DEFAULT_FUTURE_TOLERANCE_MS, Cam, Denm
+from roadwatch.domain.snapshots import SnapshotFormat, Snapshotting
 from roadwatch.domain.traffic_jam import TRAFFIC_JAM_CAUSE_CODE, JamRules, TrafficJamDetector
 from roadwatch.domain.zones import Zone, ZoneDetector, ZoneRules
 
-SNAPSHOT_FORMAT = 1
 # Far beyond any event time: "nothing is due".
 _NEVER = 1 << 62
 # Forgotten stations are swept at most this often, as a share of the memory span.
@@ -83,7 +83,7 @@ class DetectionRules:
         )
 
 
-class Detector:
+class Detector(Snapshotting):
     """Feed messages in arrival order; get back the events they cause, only on change.
 
     Staleness is judged per station and per kind (CAM, DENM): MQTT orders messages only
@@ -293,10 +293,13 @@ class Detector:
         """Return how many stations' last-seen times are remembered."""
         return len(self._last_cam_ms.keys() | self._last_denm_ms.keys())
 
-    def snapshot(self) -> dict[str, Any]:
-        """Return the whole detection state as JSON-ready data, sharing nothing mutable."""
+    # -- saved state ------------------------------------------------------------------------
+
+    # Each sub-detector's snapshot, with its own format, sits under its key.
+    SNAPSHOT: ClassVar[SnapshotFormat] = SnapshotFormat("a detector", 1)
+
+    def _state(self) -> dict[str, Any]:
         return {
-            "format": SNAPSHOT_FORMAT,
             "clock_ms": self.clock_ms,
             "leads": dict(self._leads),
             "run": None if self._run_station is None else [self._run_station, self._run_start_ms],
@@ -314,40 +317,31 @@ class Detector:
             "hazard": self._hazards.snapshot(),
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Replace the state, zones included, with a `snapshot`; raise ValueError if invalid.
-
-        Nothing changes when the snapshot is refused.
-        """
-        if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError("not a detector snapshot of a known format")
+    def _from_state(self, state: dict[str, Any]) -> Detector:
+        # Keys it does not know are left alone: the gateway keeps its own part beside these.
         fresh = Detector(self.rules)
-        try:
-            clock = state["clock_ms"]
-            fresh.clock_ms = None if clock is None else int(clock)
-            fresh._leads = {str(s): int(t) for s, t in state["leads"].items()}
-            run = state["run"]
-            if run is not None:
-                fresh._run_station, fresh._run_start_ms = str(run[0]), int(run[1])
-            fresh._last_cam_ms = {str(s): int(t) for s, t in state["last_cam_ms"].items()}
-            fresh._last_denm_ms = {str(s): int(t) for s, t in state["last_denm_ms"].items()}
-            fresh._forgotten_cam_ms = int(state["forgotten_cam_ms"])
-            fresh._forgotten_denm_ms = int(state["forgotten_denm_ms"])
-            fresh._next_sweep_ms = int(state["next_sweep_ms"])
-            fresh.accepted = int(state["accepted"])
-            fresh.stale = int(state["stale"])
-            fresh.leads = int(state["lead_count"])
-            fresh._accidents.restore(state["accident"])
-            fresh._jams.restore(state["traffic_jam"])
-            fresh._zones.restore(state["zones"])
-            fresh._hazards.restore(state["hazard"])
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise ValueError(f"not a detector snapshot: {exc}") from exc
+        clock = state["clock_ms"]
+        fresh.clock_ms = None if clock is None else int(clock)
+        fresh._leads = {str(s): int(t) for s, t in state["leads"].items()}
+        run = state["run"]
+        if run is not None:
+            fresh._run_station, fresh._run_start_ms = str(run[0]), int(run[1])
+        fresh._last_cam_ms = {str(s): int(t) for s, t in state["last_cam_ms"].items()}
+        fresh._last_denm_ms = {str(s): int(t) for s, t in state["last_denm_ms"].items()}
+        fresh._forgotten_cam_ms = int(state["forgotten_cam_ms"])
+        fresh._forgotten_denm_ms = int(state["forgotten_denm_ms"])
+        fresh._next_sweep_ms = int(state["next_sweep_ms"])
+        fresh.accepted = int(state["accepted"])
+        fresh.stale = int(state["stale"])
+        fresh.leads = int(state["lead_count"])
+        fresh._accidents.restore(state["accident"])
+        fresh._jams.restore(state["traffic_jam"])
+        fresh._zones.restore(state["zones"])
+        fresh._hazards.restore(state["hazard"])
         fresh._due_ms = _NEVER
         for detector in (fresh._accidents, fresh._jams, fresh._zones, fresh._hazards):
             fresh._note_due(detector.next_due_ms())
-        for name in self.__slots__:
-            setattr(self, name, getattr(fresh, name))
+        return fresh
 
     # -- the clock --------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ from typing import Any, ClassVar, NamedTuple
 
 from roadwatch.domain.events import Event, EventStatus, EventType, new_event_id
 from roadwatch.domain.messages import Denm
-from roadwatch.domain.reports import SNAPSHOT_FORMAT, ReportTracker
+from roadwatch.domain.reports import ReportTracker
+from roadwatch.domain.snapshots import SnapshotFormat
 
 # ETSI TS 102 894-2 cause codes handled elsewhere: traffic condition (jams) and accident.
 NOT_HAZARD_CAUSES: frozenset[int] = frozenset({1, 2})
@@ -86,8 +87,6 @@ class HazardDetector(ReportTracker[_Sighting, HazardRules]):
 
     # One hazard stands for one cause: reports of another cause never join or end it.
     _BY_CAUSE: ClassVar[bool] = True
-    _EVENTS_KEY: ClassVar[str] = "hazards"
-    _NOUN: ClassVar[str] = "a hazard"
 
     def __init__(self, rules: HazardRules | None = None) -> None:
         rules = rules if rules is not None else HazardRules()
@@ -96,15 +95,6 @@ class HazardDetector(ReportTracker[_Sighting, HazardRules]):
     def on_denm(self, denm: Denm, now_ms: int) -> list[Event]:
         """Apply one DENM of a hazard cause at event time `now_ms`; return the events it causes."""
         return self.handle(denm, now_ms)
-
-    def snapshot(self) -> dict[str, Any]:
-        """Return the whole state as JSON-ready data (see `restore`)."""
-        return {
-            "format": SNAPSHOT_FORMAT,
-            "hazards": self._events_state(),
-            "last_report_ms": dict(self._last_report_ms),
-            "forgotten_ms": self._forgotten_ms,
-        }
 
     def _report_alone(self, denm: Denm, now_ms: int, events: list[Event]) -> None:
         """Raise a hazard on its first report."""
@@ -135,12 +125,28 @@ class HazardDetector(ReportTracker[_Sighting, HazardRules]):
     def _new_report(self, denm: Denm) -> _Sighting:
         return _Sighting(denm.lat, denm.lon)
 
-    def _fresh(self) -> HazardDetector:
-        return HazardDetector(self.rules)
+    # -- saved state ------------------------------------------------------------------------
 
-    def _report_state(self, station_id: str, report: _Sighting) -> list[Any]:
-        return [station_id, report.lat, report.lon]
+    SNAPSHOT: ClassVar[SnapshotFormat] = SnapshotFormat("a hazard detector", 1)
 
-    def _report_from_state(self, item: Any) -> tuple[str, _Sighting]:
-        station, lat, lon = item
-        return str(station), _Sighting(float(lat), float(lon))
+    def _state(self) -> dict[str, Any]:
+        return {
+            "hazards": self._events_state(_sighting_state),
+            "last_report_ms": dict(self._last_report_ms),
+            "forgotten_ms": self._forgotten_ms,
+        }
+
+    def _from_state(self, state: dict[str, Any]) -> HazardDetector:
+        fresh = HazardDetector(self.rules)
+        fresh._load_events(state["hazards"], _sighting_from_state)
+        fresh._load_reporters(state["last_report_ms"], state["forgotten_ms"])
+        return fresh
+
+
+def _sighting_state(station_id: str, sighting: _Sighting) -> list[Any]:
+    return [station_id, sighting.lat, sighting.lon]
+
+
+def _sighting_from_state(item: Any) -> tuple[str, _Sighting]:
+    station, lat, lon = item
+    return str(station), _Sighting(float(lat), float(lon))

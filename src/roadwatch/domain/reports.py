@@ -9,14 +9,14 @@ report. What raises an event, and what it says, is left to the subclasses.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Generic, Protocol, TypeVar
 
 from roadwatch.domain.events import Event, EventStatus
 from roadwatch.domain.geo import GeoGrid, haversine_m, mean_position
 from roadwatch.domain.messages import Denm
-
-SNAPSHOT_FORMAT = 1
+from roadwatch.domain.snapshots import Snapshotting
 
 # What a deadline points at. Entries are never removed from the heap, only found stale when
 # popped, so a restored tracker may hold fewer of them and still behave the same.
@@ -75,7 +75,7 @@ class Tracked(Generic[R]):
     cell: tuple[int, int]
 
 
-class ReportTracker(Generic[R, RulesT]):
+class ReportTracker(Snapshotting, Generic[R, RulesT]):
     """Track events raised by DENM reporters, on event time only.
 
     A DENM not newer than the previous DENM of its station is ignored, so a replayed report can
@@ -98,9 +98,6 @@ class ReportTracker(Generic[R, RulesT]):
 
     # Whether a report concerns only the events of its own cause code.
     _BY_CAUSE: ClassVar[bool] = False
-    # Names used in snapshots and their error messages.
-    _EVENTS_KEY: ClassVar[str] = "events"
-    _NOUN: ClassVar[str] = "a tracker"
 
     def __init__(self, rules: RulesT, memory_ms: int) -> None:
         self.rules = rules
@@ -327,57 +324,32 @@ class ReportTracker(Generic[R, RulesT]):
         self._seq += 1
         heapq.heappush(self._deadlines, (due_ms, self._seq, kind, key))
 
-    def _events_state(self) -> list[dict[str, Any]]:
-        """Return the active events and their reports as JSON-ready data."""
+    # -- saved state: the parts every tracker shares, laid out by each subclass's `_state()`
+
+    def _events_state(self, report_state: Callable[[str, R], list[Any]]) -> list[dict[str, Any]]:
+        """Return the active events and their standing reports as JSON-ready data."""
         return [
             {
                 "event": tracked.event.to_dict(),
-                "reports": [self._report_state(s, r) for s, r in tracked.reports.items()],
+                "reports": [report_state(s, r) for s, r in tracked.reports.items()],
                 "last_refresh_ms": tracked.last_refresh_ms,
             }
             for tracked in self._events.values()
         ]
 
-    def _report_state(self, station_id: str, report: R) -> list[Any]:
-        """Return one standing report as JSON-ready data."""
-        raise NotImplementedError
+    def _load_events(self, items: Any, report_from_state: Callable[[Any], tuple[str, R]]) -> None:
+        """Track the events of `_events_state` again, in this fresh tracker."""
+        for item in items:
+            event = Event.from_dict(item["event"])
+            reports = dict(report_from_state(r) for r in item["reports"])
+            self._add(event, reports, int(item["last_refresh_ms"]))
 
-    def _report_from_state(self, item: Any) -> tuple[str, R]:
-        """Return the station and report of one item of `_report_state`."""
-        raise NotImplementedError
-
-    def _restore_pending(self, state: dict[str, Any]) -> None:
-        """Load the waiting reports of a snapshot into this fresh tracker."""
-
-    def _restore_rest(self, state: dict[str, Any]) -> None:
-        """Load what else a snapshot holds into this fresh tracker."""
-
-    def _fresh(self) -> ReportTracker[R, RulesT]:
-        """Return an empty tracker with the same rules."""
-        raise NotImplementedError
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Replace the state with one from `snapshot`; raise ValueError if it is not one."""
-        message = f"not {self._NOUN} detector snapshot"
-        if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(message)
-        fresh = self._fresh()
-        try:
-            fresh._restore_pending(state)
-            for item in state[self._EVENTS_KEY]:
-                event = Event.from_dict(item["event"])
-                reports = dict(fresh._report_from_state(r) for r in item["reports"])
-                fresh._add(event, reports, int(item["last_refresh_ms"]))
-            for station_id, last in state["last_report_ms"].items():
-                fresh._last_report_ms[str(station_id)] = int(last)
-                fresh._push(int(last) + fresh._memory_ms, STATION, str(station_id))
-            fresh._forgotten_ms = int(state["forgotten_ms"])
-            fresh._restore_rest(state)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ValueError(f"{message}: {exc}") from exc
-        for cls in type(self).__mro__:
-            for name in getattr(cls, "__slots__", ()):
-                setattr(self, name, getattr(fresh, name))
+    def _load_reporters(self, last_report_ms: Any, forgotten_ms: Any) -> None:
+        """Remember the stations' last report times again, in this fresh tracker."""
+        for station_id, last in last_report_ms.items():
+            self._last_report_ms[str(station_id)] = int(last)
+            self._push(int(last) + self._memory_ms, STATION, str(station_id))
+        self._forgotten_ms = int(forgotten_ms)
 
 
 def _event_key(event: Event) -> tuple[int, str]:

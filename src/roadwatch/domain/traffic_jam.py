@@ -15,7 +15,7 @@ from bisect import insort
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import h3
 import orjson
@@ -23,6 +23,7 @@ import orjson
 from roadwatch.domain.events import Event, EventStatus, EventType, new_event_id
 from roadwatch.domain.geo import mean_position
 from roadwatch.domain.messages import Cam, Denm
+from roadwatch.domain.snapshots import SnapshotFormat, Snapshotting
 
 # ETSI TS 102 894-2 cause code "traffic condition".
 TRAFFIC_JAM_CAUSE_CODE: Final = 1
@@ -38,7 +39,6 @@ _MILLI = 1000
 # Heap entry kinds: at one instant every cell's window moves before any jam is re-published.
 _WAKE = 0
 _CHECK = 1
-_SNAPSHOT_FORMAT = 1
 _MAX_RESOLUTION = 15
 _MAX_SPEED_KMH = 400.0
 
@@ -119,7 +119,7 @@ class _Jam:
     absorbed: list[Event] = field(default_factory=list)
 
 
-class TrafficJamDetector:
+class TrafficJamDetector(Snapshotting):
     """Turn CAM speeds and traffic-jam DENMs into traffic_jam events, on event time only.
 
     A cell's mean speed is the mean of each station's latest report there within the window:
@@ -262,49 +262,6 @@ class TrafficJamDetector:
             # Merged jams stay on the map until their survivor publishes its grown extent.
             events.extend(jam.absorbed)
         return sorted(events, key=lambda e: (e.started_ms, e.id))
-
-    def snapshot(self) -> dict[str, Any]:
-        """Return the detection state as plain JSON values."""
-        cells = []
-        for cell in self._cells.values():
-            samples = sorted((t, s) for s, (t, _) in cell.latest.items())
-            cells.append(
-                [
-                    cell.cell,
-                    cell.direction,
-                    [[s, t, cell.latest[s][1]] for t, s in samples],
-                    cell.newest_ms,
-                    None if cell.jam is None else cell.jam.id,
-                    cell.jammed_since,
-                    cell.free_since,
-                    cell.wake_ms,
-                    cell.sweep_ms,
-                ]
-            )
-        jams = [
-            {
-                "id": jam.id,
-                "direction": jam.direction,
-                "anchor": jam.anchor,
-                "started_ms": jam.started_ms,
-                "next_slot_ms": jam.next_slot_ms,
-                "check_ms": jam.check_ms,
-                "published": None if jam.published is None else _encode(jam.published),
-                "published_cells": sorted(jam.published_cells),
-                "published_speed": jam.published_speed,
-                "absorbed": [_encode(event) for event in jam.absorbed],
-            }
-            for jam in self._jams.values()
-        ]
-        headings = [[s, t, q] for s, (t, q) in self._headings.items()]
-        return {"format": _SNAPSHOT_FORMAT, "cells": cells, "jams": jams, "headings": headings}
-
-    def restore(self, data: dict[str, Any]) -> None:
-        """Replace the detection state with one from snapshot()."""
-        try:
-            self._restore(data)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ValueError(f"not a traffic-jam snapshot: {exc}") from exc
 
     # ----------------------------------------------------------------- windows
 
@@ -658,18 +615,49 @@ class TrafficJamDetector:
         events.append(event)
         self._clear_absorbed(jam, at_ms, events)
 
-    # ----------------------------------------------------------------- restore
+    # ----------------------------------------------------------------- saved state
 
-    def _restore(self, data: dict[str, Any]) -> None:
-        if data.get("format") != _SNAPSHOT_FORMAT:
-            raise ValueError("unknown snapshot format")
-        self._cells = {}
-        self._jams = {}
-        self._heap = []
-        self._sweep = []
-        self._headings = {str(s): (int(t), int(q)) for s, t, q in data["headings"]}
-        self._sweep_headings_ms = 0
-        for item in data["jams"]:
+    SNAPSHOT: ClassVar[SnapshotFormat] = SnapshotFormat("a traffic-jam detector", 1)
+
+    def _state(self) -> dict[str, Any]:
+        cells = []
+        for cell in self._cells.values():
+            samples = sorted((t, s) for s, (t, _) in cell.latest.items())
+            cells.append(
+                [
+                    cell.cell,
+                    cell.direction,
+                    [[s, t, cell.latest[s][1]] for t, s in samples],
+                    cell.newest_ms,
+                    None if cell.jam is None else cell.jam.id,
+                    cell.jammed_since,
+                    cell.free_since,
+                    cell.wake_ms,
+                    cell.sweep_ms,
+                ]
+            )
+        jams = [
+            {
+                "id": jam.id,
+                "direction": jam.direction,
+                "anchor": jam.anchor,
+                "started_ms": jam.started_ms,
+                "next_slot_ms": jam.next_slot_ms,
+                "check_ms": jam.check_ms,
+                "published": None if jam.published is None else _encode(jam.published),
+                "published_cells": sorted(jam.published_cells),
+                "published_speed": jam.published_speed,
+                "absorbed": [_encode(event) for event in jam.absorbed],
+            }
+            for jam in self._jams.values()
+        ]
+        headings = [[s, t, q] for s, (t, q) in self._headings.items()]
+        return {"cells": cells, "jams": jams, "headings": headings}
+
+    def _from_state(self, state: dict[str, Any]) -> TrafficJamDetector:
+        fresh = TrafficJamDetector(self.rules)
+        fresh._headings = {str(s): (int(t), int(q)) for s, t, q in state["headings"]}
+        for item in state["jams"]:
             jam = _Jam(
                 str(item["id"]),
                 int(item["direction"]),
@@ -683,10 +671,10 @@ class TrafficJamDetector:
             jam.published_cells = frozenset(item["published_cells"])
             jam.published_speed = item["published_speed"]
             jam.absorbed = [_decode(event) for event in item["absorbed"]]
-            self._jams[jam.id] = jam
+            fresh._jams[jam.id] = jam
             if jam.check_ms is not None:
-                self._heap.append((jam.check_ms, _CHECK, jam.id, 0))
-        for row in data["cells"]:
+                fresh._heap.append((jam.check_ms, _CHECK, jam.id, 0))
+        for row in state["cells"]:
             cell_id, quadrant, samples, newest, jam_id, jammed_since, free_since, wake, sweep = row
             cell = _Cell(str(cell_id), int(quadrant))
             for station, t, speed in samples:
@@ -696,17 +684,18 @@ class TrafficJamDetector:
             cell.newest_ms = int(newest)
             cell.jammed_since = int(jammed_since)
             cell.free_since = free_since
-            self._cells[(cell.cell, cell.direction)] = cell
+            fresh._cells[(cell.cell, cell.direction)] = cell
             if jam_id is not None:
-                self._attach(self._jams[jam_id], cell)
+                fresh._attach(fresh._jams[jam_id], cell)
                 cell.wake_ms = wake
                 if wake is not None:
-                    self._heap.append((wake, _WAKE, cell.cell, cell.direction))
+                    fresh._heap.append((wake, _WAKE, cell.cell, cell.direction))
             elif sweep is not None:
                 cell.sweep_ms = sweep
-                self._sweep.append((sweep, cell.cell, cell.direction))
-        heapq.heapify(self._heap)
-        heapq.heapify(self._sweep)
+                fresh._sweep.append((sweep, cell.cell, cell.direction))
+        heapq.heapify(fresh._heap)
+        heapq.heapify(fresh._sweep)
+        return fresh
 
 
 def _oldest(cells: dict[str, _Cell]) -> str:

@@ -8,12 +8,8 @@
 Callers import from `roadwatch.domain.zones` itself; the names below are its whole interface.
 """
 
-from roadwatch.domain.zones.detector import (
-    DEFAULT_TIMEOUT_MS,
-    InvalidSnapshot,
-    ZoneDetector,
-    ZoneRules,
-)
+from roadwatch.domain.snapshots import InvalidSnapshot
+from roadwatch.domain.zones.detector import DEFAULT_TIMEOUT_MS, ZoneDetector, ZoneRules
 from roadwatch.domain.zones.geojson import (
     MAX_HYSTERESIS_M,
     MAX_ZONE_ID_LEN,

@@ -6,18 +6,15 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from roadwatch.domain.events import Event, EventStatus, EventType, new_event_id
+from roadwatch.domain.snapshots import InvalidSnapshot, SnapshotFormat, Snapshotting
 from roadwatch.domain.zones.geojson import MAX_HYSTERESIS_M, InvalidZone, Zone, zones_from_geojson
 from roadwatch.domain.zones.geometry import near_m
 from roadwatch.domain.zones.index import ZoneIndex
 
 DEFAULT_TIMEOUT_MS = 600_000
-
-
-class InvalidSnapshot(ValueError):
-    """Saved zone detection state that cannot be restored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +52,9 @@ class _Station:
 
 # Below any event time: the clock before the first message.
 _NO_CLOCK = -(1 << 62)
-_SNAPSHOT_FORMAT = 1
 
 
-class ZoneDetector:
+class ZoneDetector(Snapshotting):
     """Turn station positions into zone_enter / zone_exit events, on event time only.
 
     The clock is the newest `now_ms` seen. A station is timed out once the clock is past its
@@ -270,10 +266,12 @@ class ZoneDetector:
             stations.sort()
         return inside
 
-    def snapshot(self) -> dict[str, Any]:
-        """Return the detection state as plain JSON values, for restore() after a restart."""
+    # -- saved state ------------------------------------------------------------------------
+
+    SNAPSHOT: ClassVar[SnapshotFormat] = SnapshotFormat("a zone detector", 1)
+
+    def _state(self) -> dict[str, Any]:
         return {
-            "format": _SNAPSHOT_FORMAT,
             "clock_ms": self.clock_ms,
             "zones": [zone.to_feature() for zone in self._index.zones],
             "stations": [
@@ -282,48 +280,36 @@ class ZoneDetector:
             ],
         }
 
-    def restore(self, data: dict[str, Any]) -> None:
-        """Replace the state, zones included, with a snapshot() taken earlier.
-
-        The zones are the snapshot's; call set_zones() afterwards with the current ones, so
-        zones changed in between yield their exits.
-        """
-        if not isinstance(data, dict) or data.get("format") != _SNAPSHOT_FORMAT:
-            raise InvalidSnapshot("not a zone detector snapshot of a known format")
-        clock = data.get("clock_ms")
+    def _from_state(self, state: dict[str, Any]) -> ZoneDetector:
+        # The zones are the snapshot's own: set_zones() with the current ones afterwards
+        # yields the exits of the zones changed in between.
+        clock = state.get("clock_ms")
         if clock is not None and (isinstance(clock, bool) or not isinstance(clock, int)):
             raise InvalidSnapshot("clock_ms must be an integer or null")
-        raw_zones = data.get("zones")
-        raw_stations = data.get("stations")
+        raw_zones = state.get("zones")
+        raw_stations = state.get("stations")
         if not isinstance(raw_zones, list) or not isinstance(raw_stations, list):
             raise InvalidSnapshot("zones and stations must be lists")
         try:
-            index = ZoneIndex(
-                zones_from_geojson({"type": "FeatureCollection", "features": raw_zones})
-            )
+            zones = zones_from_geojson({"type": "FeatureCollection", "features": raw_zones})
         except InvalidZone as exc:
             raise InvalidSnapshot(f"zones: {exc}") from exc
-        stations: dict[str, _Station] = {}
-        gen = 0
+        fresh = ZoneDetector(self.rules, zones)
         for item in raw_stations:
             station_id, last_ms, lat, lon, zone_ids = _station_record(item)
-            if any(zone_id not in index for zone_id in zone_ids):
+            if any(zone_id not in fresh._index for zone_id in zone_ids):
                 raise InvalidSnapshot(f"station {station_id!r} is inside an unknown zone")
-            gen += 1
-            station = _Station(gen, last_ms, lat, lon)
+            fresh._gen += 1
+            station = _Station(fresh._gen, last_ms, lat, lon)
             station.zones = tuple(sorted(set(zone_ids)))
-            stations[station_id] = station
-        self._index = index
-        self._stations = stations
-        self._clock = _NO_CLOCK if clock is None else clock
-        self._gen = gen
-        self._timeouts = []
-        self._forget = []
-        for station_id, station in stations.items():
+            fresh._stations[station_id] = station
+        fresh._clock = _NO_CLOCK if clock is None else clock
+        for station_id, station in fresh._stations.items():
             if station.zones:
-                self._queue_timeout(station_id, station)
+                fresh._queue_timeout(station_id, station)
             else:
-                self._queue_forget(station_id, station)
+                fresh._queue_forget(station_id, station)
+        return fresh
 
     def _move(
         self, station_id: str, station: _Station, found: tuple[str, ...], events: list[Event]
