@@ -14,9 +14,10 @@ import orjson
 import pytest
 
 from roadwatch.services.replay import replay
-from roadwatch.simulation.city import SCENARIOS, CitySimulation, Composite, ZoneTours
+from roadwatch.simulation.city import CitySimulation
 from roadwatch.simulation.geofence import load_zone_shapes
 from roadwatch.simulation.network import REIMS_NETWORK_PATH, load_network
+from roadwatch.simulation.scenarios import SCENARIOS, Composite, ZoneTours
 from tests.e2e.conftest import RunningSystem
 from tests.e2e.ground_truth import ZONE_TYPES, staged_selector, wait_for_ground_truth
 from tests.e2e.test_ground_truth import put_zones_through_the_api, restart_gateway

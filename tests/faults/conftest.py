@@ -12,9 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from roadwatch.simulation.city import Accident, CitySimulation, Composite, ZoneTours, rush_hour
+from roadwatch.simulation.city import CitySimulation
 from roadwatch.simulation.geofence import load_zone_shapes
 from roadwatch.simulation.network import REIMS_NETWORK_PATH, load_network
+from roadwatch.simulation.scenarios import Accident, Composite, ZoneTours, rush_hour
 from tests.faults.harness import FaultRun, Outcome
 
 ZONES = Path(__file__).resolve().parents[2] / "deploy" / "zones" / "reims.geojson"

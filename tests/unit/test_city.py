@@ -16,16 +16,10 @@ from roadwatch.domain.geo import haversine_m
 from roadwatch.domain.messages import Cam, parse_message
 from roadwatch.domain.zones import zones_from_geojson
 from roadwatch.simulation.cam import Publication
-from roadwatch.simulation.city import (
-    SCENARIOS,
-    Accident,
-    CitySimulation,
-    Composite,
-    Scenario,
-    ZoneTours,
-)
+from roadwatch.simulation.city import CitySimulation
 from roadwatch.simulation.geofence import ZoneShape, load_zone_shapes
 from roadwatch.simulation.network import REIMS_NETWORK_PATH, RoadNetwork, load_network
+from roadwatch.simulation.scenarios import SCENARIOS, Accident, Composite, Scenario, ZoneTours
 from roadwatch.simulation.vehicles import SPEED_MARGIN
 from tests.e2e.ground_truth import staged_selector
 from tests.scenarios.truth import final_versions, mismatches

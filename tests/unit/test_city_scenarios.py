@@ -16,16 +16,9 @@ import pytest
 
 from roadwatch.domain.events import EventType
 from roadwatch.domain.geo import haversine_m
-from roadwatch.simulation.city import (
-    SCENARIOS,
-    Composite,
-    Demand,
-    Jam,
-    Scenario,
-    ZoneTours,
-)
 from roadwatch.simulation.geofence import CrossingTruth, ZoneShape, zone_shapes_from_geojson
 from roadwatch.simulation.network import Edge, RoadClass
+from roadwatch.simulation.scenarios import SCENARIOS, Composite, Demand, Jam, Scenario, ZoneTours
 from roadwatch.simulation.vehicles import SPEED_MARGIN, Traffic, VehicleKind
 from tests.scenarios.truth import mismatches
 from tests.unit.test_city import city, detect, encoded, run, staged

@@ -119,8 +119,9 @@ def make_simulation(  # noqa: PLR0917
     if scenario == CIRCLES_SCENARIO:
         return DemoSimulation(vehicles, seed, start_ms)
     try:
-        # Imported by name: the circles run without the city model.
+        # Imported by name: the circles run without the city model and its scenarios.
         city: Any = importlib.import_module("roadwatch.simulation.city")
+        staged: Any = importlib.import_module("roadwatch.simulation.scenarios")
     except ImportError as exc:
         if scenario == DEFAULT_SCENARIO and network is None:
             log.warning("city model unavailable (%s): simulating the circles demo", exc)
@@ -133,7 +134,7 @@ def make_simulation(  # noqa: PLR0917
         load_network,
     )
 
-    scenarios: Mapping[str, Callable[[], Any]] = city.SCENARIOS
+    scenarios: Mapping[str, Callable[[], Any]] = staged.SCENARIOS
     if scenario not in scenarios:
         known = ", ".join(sorted([*scenarios, CIRCLES_SCENARIO]))
         raise SimulatorError(f"unknown scenario {scenario!r}; known: {known}")
