@@ -42,6 +42,11 @@ set_password() {
 }
 set_password "${ROADWATCH_MQTT_GATEWAY_USER:?}" "${ROADWATCH_MQTT_GATEWAY_PASSWORD:-}"
 set_password "${ROADWATCH_MQTT_FLEET_USER:?}" "${ROADWATCH_MQTT_FLEET_PASSWORD:-}"
+# The healthcheck logs in as the gateway with mosquitto_sub's own options file, so the
+# password is on no command line (`ps` on the host shows every container's processes).
+mkdir -p "$dir/healthcheck"
+printf -- '-u %s\n-P %s\n' "$ROADWATCH_MQTT_GATEWAY_USER" "$ROADWATCH_MQTT_GATEWAY_PASSWORD" \
+  >"$dir/healthcheck/mosquitto_sub"
 unset ROADWATCH_MQTT_GATEWAY_PASSWORD ROADWATCH_MQTT_FLEET_PASSWORD
 
 # Services first, then the registry's accounts; each file replaced at once.
