@@ -476,6 +476,25 @@ def test_hidden_accidents_are_not_announced_to_screen_readers(
     assert live.console_errors == []
 
 
+def settled_row_count(page: Page, quiet_s: float = 1.0, timeout_s: float = 15.0) -> int:
+    """The number of feed rows once none has arrived for `quiet_s`.
+
+    Events left by earlier tests may still be arriving (items of the alert nodes, the first
+    page of history); counts compared before they settle would race them.
+    """
+    deadline = time.monotonic() + timeout_s
+    count = page.locator("#feed-rows tr[data-event-id]").count()
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = page.locator("#feed-rows tr[data-event-id]").count()
+        if now != count:
+            count, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return count
+    raise AssertionError(f"the feed never settled: {count} rows and still changing")
+
+
 def test_a_phone_shows_30_feed_rows_until_show_more_is_pressed(
     system: Settings,
     browser: Browser,
@@ -490,7 +509,7 @@ def test_a_phone_shows_30_feed_rows_until_show_more_is_pressed(
         for station in stations:
             feed_row_for_station(page, station).wait_for(state="attached", timeout=5_000)
         visible_rows = page.locator("#feed-rows tr[data-event-id]:visible")
-        total = page.locator("#feed-rows tr[data-event-id]").count()
+        total = settled_row_count(page)
         assert total > PHONE_ROWS
 
         assert visible_rows.count() == PHONE_ROWS
