@@ -64,7 +64,7 @@ class AccountManager:
         if password is None:
             password = self._set_xmpp_password(account)
         else:
-            self._apply_to_broker()
+            self.apply_to_broker()
         return Provisioned(account, password)
 
     def rotate(self, name: str) -> Provisioned:
@@ -73,13 +73,13 @@ class AccountManager:
             password = new_password()
             self._prosody.change_password(name, password)
         else:
-            self._apply_to_broker()
+            self.apply_to_broker()
         return Provisioned(account, password)
 
     def remove(self, name: str) -> Account:
         account = self.registry.remove(name)
         if account.kind.is_mqtt:
-            self._apply_to_broker()
+            self.apply_to_broker()
         else:
             self._prosody.delete_account(name)
         return account
@@ -102,13 +102,17 @@ class AccountManager:
             raise
         return password
 
-    def _apply_to_broker(self) -> None:
+    def native_broker(self) -> bool:
+        """Tell whether a native broker was set up in this run folder."""
+        return self._broker.prepared()
+
+    def apply_to_broker(self) -> None:
         """Rebuild the native broker's files and make it re-read them.
 
         Without a native broker here (the containers' accounts volume), the broker's container
         notices the registry change itself.
         """
-        if not self._broker.prepared():
+        if not self.native_broker():
             log.info("no native broker in %s: the registry alone changed", self.settings.run_dir)
             return
         self._broker.apply_accounts()
@@ -122,21 +126,18 @@ def vehicle_provisioner(settings: Settings) -> Callable[[Mapping[str, str]], Non
 
     Each call provisions a batch of stations with their passwords in one broker reload.
     """
-    broker = Mosquitto(settings, RunLayout(settings.run_dir))
-    registry = AccountRegistry(settings.account_folder, settings.its_prefix)
+    manager = AccountManager(settings)
 
     def provision(accounts: Mapping[str, str]) -> None:
-        if not broker.prepared():
+        if not manager.native_broker():
             raise RegistryError(
                 f"no native broker in {settings.run_dir}: vehicle mode provisions accounts in "
                 "the broker started by `make up`"
             )
         try:
-            registry.put(accounts, AccountKind.VEHICLE)
+            manager.registry.put(accounts, AccountKind.VEHICLE)
         except ValueError as exc:
             raise RegistryError(f"cannot provision vehicle accounts: {exc}") from exc
-        broker.apply_accounts()
-        broker.reload()
-        time.sleep(RELOAD_SETTLE_S)
+        manager.apply_to_broker()
 
     return provision

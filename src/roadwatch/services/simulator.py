@@ -52,8 +52,6 @@ STOP_TIMEOUT_S = 3.0
 DEFAULT_HORIZON_S = 3600.0
 LOG_EVERY_S = 5.0
 LIVE_EVERY_S = 1.0
-# The broker applies a password file reload asynchronously after SIGHUP.
-RELOAD_SETTLE_S = 0.3
 
 
 class Simulation(Protocol):
